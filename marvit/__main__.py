@@ -1,0 +1,5 @@
+import sys
+
+from marvit.cli import main
+
+sys.exit(main())

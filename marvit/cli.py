@@ -1,0 +1,163 @@
+"""The one ``marvit`` command. Thin: it parses arguments, loads configs and calls into a subpackage.
+
+Each subcommand's implementation is imported only when that subcommand runs, so ``marvit --help`` and
+``marvit info`` stay fast and do not import DALI, Triton or transformers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Any
+
+
+def _call(target: str, **kwargs: Any) -> int:
+    module, _, fn = target.partition(":")
+    rc = getattr(importlib.import_module(module), fn)(**kwargs)
+    return int(rc or 0)
+
+
+def _add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="marvit", description="Masked Action Recognition for video ViTs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="versions, device, and which attention and kernel paths are active")
+    _add_json(p)
+
+    # ---- data -------------------------------------------------------------------------------------
+    p = sub.add_parser("synth", help="make a synthetic action data set encoded to H.264 mp4")
+    p.add_argument("out")
+    p.add_argument("--classes", type=int, default=6)
+    p.add_argument("--per-class", type=int, default=24)
+    p.add_argument("--frames", type=int, default=32)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.25)
+
+    p = sub.add_parser("convert", help="convert a data set to WebDataset shards with DALI index files")
+    p.add_argument("src")
+    p.add_argument("out")
+    p.add_argument("--format", dest="fmt", choices=["folder", "kinetics", "ssv2", "list"], required=True)
+    p.add_argument("--annotations", default=None, help="CSV / JSON / list file (kinetics, ssv2, list)")
+    p.add_argument("--labels", default=None, help="ssv2: the labels JSON (class name -> index)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--short-side", type=int, default=320)
+    p.add_argument("--copy", action="store_true", help="keep the original bytes when the loaders read them")
+    p.add_argument("--shard-size", type=int, default=256, help="samples per shard")
+    p.add_argument("--workers", type=int, default=2)
+
+    p = sub.add_parser("verify", help="check every shard against the manifest")
+    p.add_argument("out")
+    _add_json(p)
+
+    # ---- training ---------------------------------------------------------------------------------
+    for name, help_ in [("train", "train a model (MAR, standard or VideoMAE pretraining)"),
+                        ("eval", "multi-view evaluation of a checkpoint"),
+                        ("profile", "torch.profiler over a few steps of each scheme")]:  # fmt: skip
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("config", help="a YAML config (configs/*.yaml)")
+        p.add_argument("overrides", nargs="*", help="key.sub=value")
+        if name == "eval":
+            p.add_argument("--checkpoint", required=True)
+            p.add_argument("--views", default=None, help="CLIPSxCROPS, e.g. 5x3")
+            p.add_argument("--no-mask", action="store_true", help="evaluate without the evaluation mask")
+        if name == "profile":
+            p.add_argument("--steps", type=int, default=4)
+            p.add_argument("--out", default=None)
+
+    p = sub.add_parser("demo", help="the whole system on the embedded synthetic default")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--quick", action="store_true", help="a reduced run (seconds), as the tests use")
+
+    p = sub.add_parser("visualize", help="masks and reconstructions of a clip")
+    p.add_argument("--out", default="visualize_out")
+    p.add_argument("--video", default=None, help="a video file; a synthetic clip when omitted")
+    p.add_argument("--checkpoint", default=None, help="a marvit checkpoint with a decoder")
+    p.add_argument("--config", default=None)
+    p.add_argument("--ratio", type=float, default=0.5)
+
+    # ---- benchmarks -------------------------------------------------------------------------------
+    bench = sub.add_parser("bench", help="FLOPs, kernels, data pipeline and step benchmarks")
+    bsub = bench.add_subparsers(dest="bench", required=True)
+
+    p = bsub.add_parser("flops", help="FLOPs and parameters of a model (fvcore counting)")
+    p.add_argument("--preset", default="vit_b")
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--mask-ratio", type=float, default=0.5)
+    p.add_argument("--mask", default="cell_running", help="mask strategy")
+    p.add_argument("--head", choices=["bridging", "linear"], default="bridging")
+    p.add_argument("--classes", type=int, default=400)
+    p.add_argument("--train", action="store_true", help="add the reconstruction decoder")
+    p.add_argument("--decoder-keep", type=float, default=1.0)
+    _add_json(p)
+
+    p = bsub.add_parser("kernels", help="fused masked patch embedding vs reference vs Conv3d-then-gather")
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--out", default=None, help="directory for kernels.json")
+    _add_json(p)
+
+    p = bsub.add_parser("pipeline", help="data loader clips/s vs a naive baseline")
+    p.add_argument("--shards", required=True, help="a convert output directory or a shard pattern")
+    p.add_argument("--backend", choices=["dali", "pyav"], default="dali")
+    p.add_argument("--split", default="train")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--clips", type=int, default=64, help="clips to time per loader")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--out", default=None, help="directory for pipeline.json")
+    _add_json(p)
+
+    p = bsub.add_parser("step", help="training and inference step time, standard vs MAR")
+    p.add_argument("--preset", default="vit_b")
+    p.add_argument("--standard-preset", default=None)
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--mask-ratio", type=float, default=0.5)
+    p.add_argument("--decoder-keep", type=float, default=1.0)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--sweep", action="store_true", help="mask ratios 0, 25, 50, 75%% and a PNG")
+    p.add_argument("--out", default=None, help="directory for step.json and the PNG")
+    _add_json(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    cmd = args.pop("command")
+    if cmd == "bench":
+        which = args.pop("bench")
+        return _call(f"marvit.bench.{which}:main", **args)
+    if cmd in ("train", "eval", "profile"):
+        from marvit.config import ConfigError, load_config
+
+        try:
+            cfg = load_config(args.pop("config"), args.pop("overrides"))
+        except ConfigError as e:
+            print(f"marvit {cmd}: config error: {e}", file=sys.stderr)
+            return 2
+        target = {"train": "marvit.train.loop:train", "eval": "marvit.train.evaluate:main",
+                  "profile": "marvit.bench.profile:main"}[cmd]  # fmt: skip
+        return _call(target, cfg=cfg, **args)
+    target = {
+        "info": "marvit.bench.info:main",
+        "synth": "marvit.pipeline.synth:main",
+        "convert": "marvit.pipeline.convert:convert",
+        "verify": "marvit.pipeline.convert:verify",
+        "demo": "marvit.demo:main",
+        "visualize": "marvit.bench.visualize:main",
+    }[cmd]
+    return _call(target, **args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

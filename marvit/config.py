@@ -1,0 +1,447 @@
+"""Typed configuration: dataclasses with the spec's defaults, YAML loading and ``key.sub=value`` overrides.
+
+Configs come from strangers, so YAML is read with ``yaml.safe_load`` and every key and value is checked:
+an unknown key, a wrong type or an impossible value is refused with a :class:`ConfigError` that names the
+key, the value and what is allowed. This module imports nothing else of marvit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used; the message names the key and what is allowed."""
+
+
+# --------------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------------
+
+# Presets as a plain dict (gpt-fast style). Decoder sizes follow VideoMAE's pretraining models.
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "vit_s": dict(embed_dim=384, depth=12, num_heads=6, drop_path=0.1, decoder_dim=192, decoder_depth=4,
+                  decoder_heads=3),
+    "vit_b": dict(embed_dim=768, depth=12, num_heads=12, drop_path=0.1, decoder_dim=384, decoder_depth=4,
+                  decoder_heads=6),
+    "vit_l": dict(embed_dim=1024, depth=24, num_heads=16, drop_path=0.2, decoder_dim=512, decoder_depth=12,
+                  decoder_heads=8),
+    "vit_h": dict(embed_dim=1280, depth=32, num_heads=16, drop_path=0.2, decoder_dim=640, decoder_depth=12,
+                  decoder_heads=8),
+}  # fmt: skip
+
+
+@dataclass
+class ModelConfig:
+    """The ViT encoder, the classification head and the reconstruction decoder."""
+
+    name: str = "vit_b"
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    img_size: int = 224
+    num_frames: int = 16
+    patch_size: int = 16
+    tubelet_size: int = 2
+    in_chans: int = 3
+    num_classes: int = 400
+    drop_path: float = 0.1
+    # "bridging" (MAR) or "linear" (the standard VideoMAE fine-tuning head)
+    head: Literal["bridging", "linear"] = "bridging"
+    bridge_dim: int = 512
+    bridge_depth: int = 2
+    bridge_heads: int = 4
+    bridge_mlp_ratio: float = 4.0
+    head_dropout: float = 0.1
+    # reconstruction decoder (training only)
+    decoder_dim: int = 384
+    decoder_depth: int = 4
+    decoder_heads: int = 6
+    # a checkpoint to start from (VideoMAE file, fine-tuned file, or a Hugging Face directory)
+    pretrained: str | None = None
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> ModelConfig:
+        if name not in MODEL_PRESETS:
+            raise ConfigError(f"model.name={name!r}: unknown preset; allowed: {sorted(MODEL_PRESETS)}")
+        return cls(name=name, **{**MODEL_PRESETS[name], **overrides})
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """Token grid (T', H', W') = (frames / tubelet, size / patch, size / patch)."""
+        g = self.img_size // self.patch_size
+        return (self.num_frames // self.tubelet_size, g, g)
+
+    @property
+    def num_tokens(self) -> int:
+        t, h, w = self.grid
+        return t * h * w
+
+    def validate(self, prefix: str = "model") -> None:
+        _positive(self, prefix, ["embed_dim", "depth", "num_heads", "img_size", "num_frames", "patch_size",
+                                 "tubelet_size", "in_chans", "num_classes", "bridge_dim", "bridge_depth",
+                                 "bridge_heads", "decoder_dim", "decoder_depth", "decoder_heads"])  # fmt: skip
+        for key, dim, heads in [("embed_dim", self.embed_dim, self.num_heads),
+                                ("bridge_dim", self.bridge_dim, self.bridge_heads),
+                                ("decoder_dim", self.decoder_dim, self.decoder_heads)]:  # fmt: skip
+            if dim % heads:
+                raise ConfigError(f"{prefix}.{key}={dim}: must be divisible by its number of heads ({heads})")
+        if self.num_frames % self.tubelet_size:
+            raise ConfigError(
+                f"{prefix}.num_frames={self.num_frames}: must be divisible by "
+                f"{prefix}.tubelet_size={self.tubelet_size}"
+            )
+        if self.img_size % self.patch_size:
+            raise ConfigError(
+                f"{prefix}.img_size={self.img_size}: must be divisible by {prefix}.patch_size={self.patch_size}"
+            )
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ConfigError(f"{prefix}.drop_path={self.drop_path}: must be in [0, 1)")
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise ConfigError(f"{prefix}.head_dropout={self.head_dropout}: must be in [0, 1)")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Mask
+# --------------------------------------------------------------------------------------------------------
+
+MASK_STRATEGIES = (
+    "none",
+    "cell_running",
+    "uniform_running",
+    "random",
+    "tube",
+    "frame",
+    "block",
+    "random_running",
+    "block_running",
+)
+
+
+@dataclass
+class MaskConfig:
+    """Which tokens the encoder sees. ``ratio`` is the masked fraction."""
+
+    strategy: str = "cell_running"
+    ratio: float = 0.5
+    cell: tuple[int, int] = (2, 2)
+    # cell running: one phase for every cell ("repeated") or a random phase per cell ("random")
+    spatial: Literal["repeated", "random"] = "repeated"
+    # cell running: time slices in running order ("fixed") or permuted per clip ("shuffled")
+    temporal: Literal["fixed", "shuffled"] = "shuffled"
+
+    def validate(self, grid: tuple[int, int, int] | None = None, prefix: str = "mask") -> None:
+        if self.strategy not in MASK_STRATEGIES:
+            raise ConfigError(f"{prefix}.strategy={self.strategy!r}: unknown; allowed: {list(MASK_STRATEGIES)}")
+        if not 0.0 <= self.ratio < 1.0:
+            raise ConfigError(f"{prefix}.ratio={self.ratio}: must be in [0, 1) (the masked fraction)")
+        r, q = self.cell
+        if r <= 0 or q <= 0:
+            raise ConfigError(f"{prefix}.cell={list(self.cell)}: both sides must be positive")
+        if self.strategy in ("cell_running",):
+            check_ratio(self.ratio, r * q, f"{prefix}.ratio", f"a {r}x{q} cell")
+        if grid is not None and self.strategy in ("cell_running",):
+            _, h, w = grid
+            if h % r or w % q:
+                raise ConfigError(
+                    f"{prefix}.cell={[r, q]}: must divide the {h}x{w} token plane (model.img_size / patch_size)"
+                )
+
+
+def check_ratio(ratio: float, n: int, key: str, what: str) -> int:
+    """Return ``ratio * n`` when it is a whole number, else refuse: the ratio must be a multiple of 1/n."""
+    k = Fraction(ratio).limit_denominator(10_000) * n
+    if k.denominator != 1 or abs(float(k) - ratio * n) > 1e-6:
+        allowed = ", ".join(f"{i / n:g}" for i in range(n)) if n <= 16 else f"multiples of 1/{n}"
+        raise ConfigError(f"{key}={ratio}: {what} can only mask a multiple of 1/{n}; allowed: {allowed}")
+    return int(k)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    """Shards, sampling and augmentation. ``root`` is a ``marvit convert`` output directory."""
+
+    root: str | None = None
+    backend: Literal["auto", "dali", "pyav"] = "auto"
+    # "kinetics": frames at a stride from a random window; "ssv2": segment-based over the whole video
+    sampling: Literal["kinetics", "ssv2"] = "kinetics"
+    num_frames: int = 16
+    sampling_rate: int = 4
+    img_size: int = 224
+    test_short_side: int = 224
+    test_clips: int = 5
+    test_crops: int = 3
+    batch_size: int = 8  # per process
+    num_workers: int = 4
+    # augmentation
+    flip: bool = True
+    # for direction-sensitive data sets: class index -> class index after a horizontal flip
+    flip_label_map: dict[int, int] | None = None
+    rand_augment: bool = True
+    rand_augment_m: int = 9
+    rand_augment_n: int = 2
+    min_area: float = 0.08
+    reprob: float = 0.25
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    label_smoothing: float = 0.1
+    repeated_aug: int = 1
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def validate(self, prefix: str = "data") -> None:
+        _positive(self, prefix, ["num_frames", "sampling_rate", "img_size", "test_short_side", "test_clips",
+                                 "test_crops", "batch_size", "repeated_aug"])  # fmt: skip
+        if self.num_workers < 0:
+            raise ConfigError(f"{prefix}.num_workers={self.num_workers}: must be >= 0")
+        if self.test_short_side < self.img_size:
+            raise ConfigError(
+                f"{prefix}.test_short_side={self.test_short_side}: must be >= {prefix}.img_size={self.img_size}"
+            )
+        for key in ("min_area", "reprob"):
+            v = getattr(self, key)
+            if not 0.0 <= v <= 1.0:
+                raise ConfigError(f"{prefix}.{key}={v}: must be in [0, 1]")
+        for key in ("mixup", "cutmix", "label_smoothing"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{prefix}.{key}={getattr(self, key)}: must be >= 0")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """The optimization recipe (ViT-B defaults of the spec) and the run's bookkeeping."""
+
+    scheme: Literal["standard", "mar", "pretrain"] = "mar"
+    epochs: int = 40
+    max_steps: int | None = None  # stops early when set (counts optimizer steps)
+    batch_size: int | None = None  # per process; overrides data.batch_size when set
+    accum_steps: int = 1
+    base_lr: float = 1e-3
+    scale_lr: bool = True  # lr = base_lr * global_batch / 256
+    min_lr: float = 1e-6
+    warmup_epochs: float = 5.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    layer_decay: float = 0.75
+    clip_grad: float | None = None
+    recon_weight: float = 0.1  # lambda; 0 turns the reconstruction branch off
+    # reconstruct only this fraction of the masked tokens in the decoder (1.0 = all, as the paper)
+    decoder_keep: float = 1.0
+    pretrain_mask_ratio: float = 0.9
+    amp: bool = True  # bf16 autocast on CUDA; ignored on a CPU
+    seed: int = 0
+    device: str = "auto"
+    out_dir: str = "runs/default"
+    resume: str | None = None  # "auto", a checkpoint path, or None
+    log_interval: int = 10
+    eval_interval: int = 0  # optimizer steps between evaluations; 0 = at the end of every epoch
+    save_interval: int = 0  # optimizer steps between checkpoints; 0 = at the end of every epoch
+    keep_last: int = 2
+    eval_views: tuple[int, int] | None = None  # (clips, crops); None = data.test_clips x data.test_crops
+
+    def validate(self, prefix: str = "train") -> None:
+        _positive(self, prefix, ["epochs", "accum_steps", "log_interval", "keep_last"])
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ConfigError(f"{prefix}.max_steps={self.max_steps}: must be positive or null")
+        if self.batch_size is not None and self.batch_size <= 0:
+            raise ConfigError(f"{prefix}.batch_size={self.batch_size}: must be positive or null")
+        if self.base_lr <= 0:
+            raise ConfigError(f"{prefix}.base_lr={self.base_lr}: must be positive")
+        if not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"{prefix}.layer_decay={self.layer_decay}: must be in (0, 1]")
+        if self.recon_weight < 0:
+            raise ConfigError(f"{prefix}.recon_weight={self.recon_weight}: must be >= 0")
+        if not 0 < self.decoder_keep <= 1:
+            raise ConfigError(f"{prefix}.decoder_keep={self.decoder_keep}: must be in (0, 1]")
+        if not 0 < self.pretrain_mask_ratio < 1:
+            raise ConfigError(f"{prefix}.pretrain_mask_ratio={self.pretrain_mask_ratio}: must be in (0, 1)")
+        if self.resume not in (None, "auto") and not Path(self.resume).exists():
+            raise ConfigError(f"{prefix}.resume={self.resume!r}: no such checkpoint; use 'auto', a path or null")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> Config:
+        self.model.validate()
+        self.mask.validate(self.model.grid)
+        self.data.validate()
+        self.train.validate()
+        if self.data.num_frames != self.model.num_frames:
+            raise ConfigError(
+                f"data.num_frames={self.data.num_frames}: must equal model.num_frames={self.model.num_frames}"
+            )
+        if self.data.img_size != self.model.img_size:
+            raise ConfigError(
+                f"data.img_size={self.data.img_size}: must equal model.img_size={self.model.img_size}"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Loading and overrides
+# --------------------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (``safe_load``), apply ``key.sub=value`` overrides, check every value.
+
+    A ``model.name`` in the file or the overrides selects a preset whose sizes other model keys override.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key.sub=value")
+        try:
+            parsed = yaml.safe_load(value) if value != "" else None
+        except yaml.YAMLError:
+            parsed = value
+        node = raw
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+        node[parts[-1]] = parsed
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    unknown = set(raw) - {f.name for f in fields(Config)}
+    if unknown:
+        raise ConfigError(f"unknown config section(s) {sorted(unknown)}; allowed: model, mask, data, train")
+    model_raw = dict(raw.get("model") or {})
+    _check_mapping(model_raw, "model")
+    name = model_raw.get("name")
+    base = ModelConfig.from_name(name) if name is not None else ModelConfig()
+    cfg = Config(
+        model=_build(ModelConfig, model_raw, "model", base),
+        mask=_build(MaskConfig, raw.get("mask") or {}, "mask"),
+        data=_build(DataConfig, raw.get("data") or {}, "data"),
+        train=_build(TrainConfig, raw.get("train") or {}, "train"),
+    )
+    return cfg.validate()
+
+
+def _check_mapping(raw: Any, prefix: str) -> None:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix}: expected a mapping of keys, got {raw!r}")
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str, base: Any = None) -> Any:
+    _check_mapping(raw, prefix)
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    obj = base if base is not None else cls()
+    for key, value in raw.items():
+        if key not in names:
+            raise ConfigError(f"{prefix}.{key}: unknown key; allowed: {sorted(names)}")
+        setattr(obj, key, _coerce(value, hints[key], f"{prefix}.{key}"))
+    return obj
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert lists to tuples and ints to floats."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}={value!r}: expected {_type_name(tp)}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}={value!r}: allowed values are {list(args)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ConfigError(f"{key}={value!r}: expected a list of {len(args)} ({_type_name(tp)})")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}={value!r}: expected a mapping")
+        ka, va = args
+        return {_coerce(k, ka, f"{key} key"): _coerce(v, va, f"{key}[{k}]") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r}: expected true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r}: expected an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}={value!r}: expected a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r}: expected a string")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - a bug in the dataclasses
+
+
+def _type_name(tp: Any) -> str:
+    return str(tp).replace("typing.", "")
+
+
+def _positive(obj: Any, prefix: str, keys: list[str]) -> None:
+    for k in keys:
+        v = getattr(obj, k)
+        if v <= 0:
+            raise ConfigError(f"{prefix}.{k}={v}: must be positive")
+
+
+def _to_plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _to_plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_to_plain(v) for v in x]
+    return x
