@@ -1,0 +1,59 @@
+"""VideoMAE's reconstruction decoder and its normalized-pixel target.
+
+The decoder sees the projected visible tokens plus a learned mask token for every position to reconstruct,
+each with the fixed sinusoid table at the decoder's width, and predicts the normalized pixels of the masked
+tubelets only. Used in training only.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from marvit.model.layers import Block, LayerNorm, sinusoid_table
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Decoder(nn.Module):
+    def __init__(
+        self, num_tokens: int, dim: int, depth: int, heads: int, out_dim: int, mlp_ratio: float = 4.0
+    ) -> None:
+        super().__init__()
+        self.register_buffer("pos_embed", sinusoid_table(num_tokens, dim), persistent=False)
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, bias="qv") for _ in range(depth))
+        self.norm = LayerNorm(dim)
+        self.head = nn.Linear(dim, out_dim)
+
+    def forward(
+        self, x_vis: torch.Tensor, mask_token: torch.Tensor, visible_idx: torch.Tensor, target_idx: torch.Tensor
+    ) -> torch.Tensor:
+        """x_vis: (B, N_vis, Dd) projected tokens; target_idx: (B, N_t) positions to predict -> (B, N_t, out)."""
+        pos = self.pos_embed.to(x_vis.dtype)
+        b, n_t = target_idx.shape
+        x = torch.cat([x_vis + pos[visible_idx], mask_token.expand(b, n_t, -1) + pos[target_idx]], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(self.norm(x[:, -n_t:]))  # only the positions to reconstruct
+
+
+def tubelet_targets(
+    video: torch.Tensor, tubelet: int, patch: int, index: torch.Tensor | None = None,
+    mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+) -> torch.Tensor:  # fmt: skip
+    """Normalized-pixel targets ``(B, N_t, t*p*p*C)`` for the tokens ``index`` (all tokens when None).
+
+    Un-normalize the input, cut it into tubelets, normalize each tubelet per channel over its t*p*p pixels
+    with the unbiased std (``(x - mean) / (std + 1e-6)``), flatten as (pixels, channel), as VideoMAE does.
+    """
+    with torch.no_grad():
+        m = torch.as_tensor(mean, dtype=video.dtype, device=video.device).view(1, -1, 1, 1, 1)
+        s = torch.as_tensor(std, dtype=video.dtype, device=video.device).view(1, -1, 1, 1, 1)
+        x = video * s + m
+        x = rearrange(x, "b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2) c", p0=tubelet, p1=patch, p2=patch)
+        if index is not None:
+            x = torch.gather(x, 1, index[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3]))
+        x = (x - x.mean(dim=-2, keepdim=True)) / (x.var(dim=-2, unbiased=True, keepdim=True).sqrt() + 1e-6)
+        return rearrange(x, "b n p c -> b n (p c)")

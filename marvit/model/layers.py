@@ -1,0 +1,101 @@
+"""Transformer building blocks shared by the encoder, the bridging classifier and the decoder.
+
+VideoMAE's attention has a learned q bias and v bias but no k bias; the bridging classifier's has a bias on
+all three. Blocks are timm-style pre-norm residual pairs (``nn.Identity`` for a disabled drop path, so
+``forward`` stays two lines); the attention itself goes through :func:`marvit.kernels.attention`, which
+picks xformers or PyTorch SDPA by the tensor's device.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from timm.layers import DropPath, Mlp
+from torch import nn
+
+from marvit.kernels import attention
+
+LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+
+
+def sinusoid_table(num_positions: int, dim: int) -> torch.Tensor:
+    """VideoMAE's fixed 1-D sinusoid position table ``(num_positions, dim)``: sin on even, cos on odd dims."""
+    pos = torch.arange(num_positions, dtype=torch.float64)[:, None]
+    j = torch.arange(dim, dtype=torch.float64)[None]
+    angle = pos / torch.pow(10000.0, 2 * torch.div(j, 2, rounding_mode="floor") / dim)
+    table = torch.where(j % 2 == 0, torch.sin(angle), torch.cos(angle))
+    return table.float()
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention. ``bias="qv"``: VideoMAE's q and v biases (no k bias); ``"qkv"``: all three."""
+
+    def __init__(self, dim: int, num_heads: int, bias: str = "qv") -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=bias == "qkv")
+        if bias == "qv":
+            self.q_bias = nn.Parameter(torch.zeros(dim))
+            self.v_bias = nn.Parameter(torch.zeros(dim))
+        else:
+            self.q_bias = self.v_bias = None
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, N, D)
+        if self.q_bias is not None:
+            qkv_bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
+            qkv = F.linear(x, self.qkv.weight, qkv_bias)
+        else:
+            qkv = self.qkv(x)
+        q, k, v = rearrange(qkv, "b n (three h d) -> three b n h d", three=3, h=self.num_heads).unbind(0)
+        x = attention(q, k, v)  # (B, N, H, Dh)
+        return self.proj(rearrange(x, "b n h d -> b n (h d)"))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + drop_path(attn(norm1(x)))``, ``x + drop_path(mlp(norm2(x)))``."""
+
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0, bias: str = "qv"
+    ) -> None:
+        super().__init__()
+        self.norm1 = LayerNorm(dim)
+        self.attn = Attention(dim, num_heads, bias=bias)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def init_weights(module: nn.Module) -> None:
+    """VideoMAE/timm initialization: truncated normal (std 0.02) linears, unit LayerNorms."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv3d):
+        # as a linear layer over the flattened tubelet (VideoMAE: xavier on the flattened view)
+        w = module.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def drop_path_schedule(rate: float, depth: int) -> list[float]:
+    """Linear stochastic-depth schedule from 0 to ``rate`` over ``depth`` blocks."""
+    return [rate * i / (depth - 1) for i in range(depth)] if depth > 1 else [0.0] * depth
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,137 @@
+"""The MAR model: encoder over visible tokens, a classification head, and (in training) the decoder.
+
+One class with single-purpose methods (MAE style): ``forward_features`` (encoder), ``forward_head``
+(bridging or linear head), ``forward_decoder`` (reconstruction of the chosen masked tokens) and
+:func:`mar_loss`. The standard scheme is the same class with every token visible, the linear head and no
+decoder; VideoMAE pretraining uses the encoder and decoder without the head's loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from marvit.config import ModelConfig
+from marvit.model.decoder import Decoder, tubelet_targets
+from marvit.model.encoder import VisionTransformer
+from marvit.model.heads import BridgingClassifier, LinearHead
+from marvit.model.layers import init_weights
+
+
+class MARModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, with_decoder: bool = True) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = VisionTransformer(cfg)
+        if cfg.head == "bridging":
+            self.head: nn.Module = BridgingClassifier(
+                cfg.embed_dim, cfg.num_classes, cfg.bridge_dim, cfg.bridge_depth, cfg.bridge_heads,
+                cfg.bridge_mlp_ratio, cfg.head_dropout,
+            )  # fmt: skip
+        else:
+            self.head = LinearHead(cfg.embed_dim, cfg.num_classes, cfg.head_dropout)
+        self.with_decoder = with_decoder
+        if with_decoder:
+            out_dim = cfg.in_chans * cfg.tubelet_size * cfg.patch_size**2
+            self.encoder_to_decoder = nn.Linear(cfg.embed_dim, cfg.decoder_dim, bias=False)
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_dim))
+            self.decoder = Decoder(cfg.num_tokens, cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads, out_dim)
+        self.apply(init_weights)
+        if with_decoder:
+            nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    # ---- pieces -----------------------------------------------------------------------------------
+    def forward_features(self, video: torch.Tensor, visible_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """video: (B, C, T, H, W) -> (B, N_vis, D) after the encoder's final norm."""
+        return self.encoder(video, visible_idx)
+
+    def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens: (B, N_vis, D) -> logits (B, classes)."""
+        return self.head(tokens)
+
+    def forward_decoder(
+        self, tokens: torch.Tensor, visible_idx: torch.Tensor | None, target_idx: torch.Tensor
+    ) -> torch.Tensor:
+        """tokens: (B, N_vis, D); target_idx: (B, N_t) masked positions -> predictions (B, N_t, t*p*p*C)."""
+        if not self.with_decoder:
+            raise RuntimeError("this model was built without the reconstruction decoder (with_decoder=False)")
+        if visible_idx is None:
+            b, n = tokens.shape[:2]
+            visible_idx = torch.arange(n, device=tokens.device).expand(b, n)
+        return self.decoder(self.encoder_to_decoder(tokens), self.mask_token, visible_idx, target_idx)
+
+    def targets(self, video: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
+        """Normalized-pixel targets of the tokens ``target_idx``: (B, N_t, t*p*p*C)."""
+        return tubelet_targets(video, self.cfg.tubelet_size, self.cfg.patch_size, target_idx)
+
+    def forward(
+        self,
+        video: torch.Tensor,
+        visible_idx: torch.Tensor | None = None,
+        target_idx: torch.Tensor | None = None,
+        with_logits: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        """Logits (unless ``with_logits=False``) and, when ``target_idx`` is given, the reconstructions."""
+        tokens = self.forward_features(video, visible_idx)
+        out = {}
+        if with_logits:
+            out["logits"] = self.forward_head(tokens)
+        if target_idx is not None:
+            out["pred"] = self.forward_decoder(tokens, visible_idx, target_idx)
+        return out
+
+    # ---- optimizer metadata ----------------------------------------------------------------------
+    def no_weight_decay(self) -> set[str]:
+        """Names excluded from weight decay besides norms and biases (which the optimizer finds by ndim)."""
+        return {"mask_token"}
+
+    def num_layers(self) -> int:
+        """Layer ids for layer-wise lr decay run 0 (embedding) .. depth + 1 (heads and decoder)."""
+        return self.cfg.depth + 2
+
+    def layer_id(self, name: str) -> int:
+        if name.startswith("encoder.patch_embed") or name.startswith("encoder.pos_embed"):
+            return 0
+        if name.startswith("encoder.blocks."):
+            return int(name.split(".")[2]) + 1
+        return self.cfg.depth + 1
+
+
+def build_model(cfg: ModelConfig, with_decoder: bool = True, device: torch.device | str | None = None) -> MARModel:
+    cfg.validate()
+    model = MARModel(cfg, with_decoder=with_decoder)
+    return model.to(device) if device is not None else model
+
+
+def classification_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy with hard labels (B,) or soft targets (B, classes) (e.g. from mixup/cutmix)."""
+    if target.dim() == 1:
+        return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+    return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+
+
+def mar_loss(
+    logits: torch.Tensor | None,
+    target: torch.Tensor | None,
+    pred: torch.Tensor | None = None,
+    pixels: torch.Tensor | None = None,
+    recon_weight: float = 0.0,
+    label_smoothing: float = 0.0,
+) -> dict[str, torch.Tensor]:
+    """L = CE(logits, target) + recon_weight * MSE(pred, pixels); either term may be absent.
+
+    Returns ``loss`` and its parts ``ce`` and ``mse`` (tensors; no host sync here).
+    """
+    out: dict[str, torch.Tensor] = {}
+    loss = None
+    if logits is not None and target is not None:
+        out["ce"] = classification_loss(logits, target, label_smoothing)
+        loss = out["ce"]
+    if pred is not None and pixels is not None and recon_weight > 0:
+        out["mse"] = F.mse_loss(pred.float(), pixels.float())
+        loss = out["mse"] * recon_weight if loss is None else loss + recon_weight * out["mse"]
+    if loss is None:
+        raise ValueError("mar_loss needs logits and target, or pred and pixels with recon_weight > 0")
+    out["loss"] = loss
+    return out
