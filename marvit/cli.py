@@ -147,7 +147,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         target = {"train": "marvit.train.loop:train", "eval": "marvit.train.evaluate:main",
                   "profile": "marvit.bench.profile:main"}[cmd]  # fmt: skip
-        return _call(target, cfg=cfg, **args)
+        try:
+            return _call(target, cfg=cfg, **args)
+        except ConfigError as e:  # raised by checks that need the data or the device, before any work
+            print(f"marvit {cmd}: config error: {e}", file=sys.stderr)
+            return 2
     target = {
         "info": "marvit.bench.info:main",
         "synth": "marvit.pipeline.synth:main",

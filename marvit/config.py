@@ -176,7 +176,9 @@ class DataConfig:
     """Shards, sampling and augmentation. ``root`` is a ``marvit convert`` output directory."""
 
     root: str | None = None
-    backend: Literal["auto", "dali", "pyav"] = "auto"
+    # "synthetic" generates clips in memory (no files): throughput runs and exact tests
+    backend: Literal["auto", "dali", "pyav", "synthetic"] = "auto"
+    synthetic_samples: tuple[int, int] = (512, 128)  # (train, val) for backend=synthetic
     # "kinetics": frames at a stride from a random window; "ssv2": segment-based over the whole video
     sampling: Literal["kinetics", "ssv2"] = "kinetics"
     num_frames: int = 16

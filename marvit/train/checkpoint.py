@@ -1,0 +1,117 @@
+"""Run checkpoints: written atomically, read as data, pruned to the last K plus the best.
+
+A checkpoint is a directory ``OUT/checkpoints/step_{step:08d}/`` holding
+
+- ``model.safetensors``: the weights (marvit's key names, loadable by ``load_pretrained``);
+- ``state.pt``: optimizer state, step, epoch, RNG states and metrics, plain tensors and numbers only, so
+  ``torch.load(weights_only=True)`` reads it;
+- ``config.yaml``: the resolved config.
+
+It is written under a temporary name and renamed into place, so a run killed at any moment leaves either
+the previous checkpoint or the new one, never half of one. ``best`` is a copy of the best-scoring one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+PREFIX = "step_"
+TRAIN_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token")
+
+
+def rng_state(mask_gen: torch.Generator | None = None) -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]),
+        "python_pos": random.getstate()[2],
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    if mask_gen is not None:
+        state["mask"] = mask_gen.get_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], mask_gen: torch.Generator | None = None) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), state["python_pos"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    if mask_gen is not None and "mask" in state:
+        mask_gen.set_state(state["mask"])
+
+
+def save_checkpoint(
+    out_dir: str | Path, model: nn.Module, state: dict[str, Any], config_yaml: str, keep_last: int = 2,
+    best: bool = False,
+) -> Path:  # fmt: skip
+    """Write ``OUT/checkpoints/step_N`` atomically; prune to the ``keep_last`` newest; copy to ``best``."""
+    root = Path(out_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{state['step']:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp_", dir=root))
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, str(tmp / "model.safetensors"))
+    torch.save(state, tmp / "state.pt")
+    (tmp / "config.yaml").write_text(config_yaml)
+    for f in tmp.iterdir():  # durable before it becomes visible
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    if best:
+        tmp_best = Path(tempfile.mkdtemp(prefix=".tmp_best_", dir=root))
+        shutil.rmtree(tmp_best)
+        shutil.copytree(final, tmp_best)
+        if (root / "best").exists():
+            shutil.rmtree(root / "best")
+        os.replace(tmp_best, root / "best")
+    for old in list_checkpoints(out_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(out_dir: str | Path) -> list[Path]:
+    """Complete step checkpoints, oldest first (temporary directories are ignored)."""
+    root = Path(out_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    done = [p for p in root.glob(f"{PREFIX}*") if (p / "state.pt").is_file() and (p / "model.safetensors").is_file()]
+    return sorted(done, key=lambda p: int(p.name[len(PREFIX) :]))
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    ckpts = list_checkpoints(out_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> dict[str, Any]:
+    """Read a checkpoint directory; load its weights into ``model`` strictly (when given); return its state."""
+    path = Path(path)
+    if not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{path}: not a marvit checkpoint (no model.safetensors)")
+    if model is not None:
+        weights = load_file(str(path / "model.safetensors"))
+        own = model.state_dict()
+        # an evaluation model built without the training-only decoder leaves those weights unused
+        weights = {k: v for k, v in weights.items() if k in own or not k.startswith(TRAIN_ONLY)}
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{path}: weights do not fit the model: missing {missing}, unexpected {unexpected}")
+    state_file = path / "state.pt"
+    return torch.load(state_file, map_location="cpu", weights_only=True) if state_file.is_file() else {}
