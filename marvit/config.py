@@ -141,7 +141,9 @@ class MaskConfig:
 
     def validate(self, grid: tuple[int, int, int] | None = None, prefix: str = "mask") -> None:
         if self.strategy not in MASK_STRATEGIES:
-            raise ConfigError(f"{prefix}.strategy={self.strategy!r}: unknown; allowed: {list(MASK_STRATEGIES)}")
+            raise ConfigError(
+                f"{prefix}.strategy={self.strategy!r}: unknown; allowed: {list(MASK_STRATEGIES)}"
+            )
         if not 0.0 <= self.ratio < 1.0:
             raise ConfigError(f"{prefix}.ratio={self.ratio}: must be in [0, 1) (the masked fraction)")
         r, q = self.cell
@@ -277,7 +279,9 @@ class TrainConfig:
         if not 0 < self.pretrain_mask_ratio < 1:
             raise ConfigError(f"{prefix}.pretrain_mask_ratio={self.pretrain_mask_ratio}: must be in (0, 1)")
         if self.resume not in (None, "auto") and not Path(self.resume).exists():
-            raise ConfigError(f"{prefix}.resume={self.resume!r}: no such checkpoint; use 'auto', a path or null")
+            raise ConfigError(
+                f"{prefix}.resume={self.resume!r}: no such checkpoint; use 'auto', a path or null"
+            )
 
 
 @dataclass
@@ -329,7 +333,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+            raise ConfigError(
+                f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}"
+            )
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:

@@ -146,7 +146,9 @@ def test_other_class_count_skips_head(tmp_path):
     rep = load_pretrained(build_model(_marvit_config(classes=9)), tmp_path / "a.pth")
     assert rep.skipped == ["head.fc.bias", "head.fc.weight"]
     with pytest.raises(ValueError, match="head.fc"):
-        load_pretrained(build_model(_marvit_config(classes=9)), tmp_path / "a.pth", ignore_head_mismatch=False)
+        load_pretrained(
+            build_model(_marvit_config(classes=9)), tmp_path / "a.pth", ignore_head_mismatch=False
+        )
 
 
 class _Evil:

@@ -22,7 +22,12 @@ def test_defaults_follow_the_spec():
     assert cfg.mask.strategy == "cell_running" and cfg.mask.ratio == 0.5 and cfg.mask.cell == (2, 2)
     t = cfg.train
     assert (t.base_lr, t.weight_decay, t.layer_decay, t.warmup_epochs) == (1e-3, 0.05, 0.75, 5.0)
-    assert (cfg.data.mixup, cfg.data.cutmix, cfg.data.label_smoothing, cfg.data.reprob) == (0.8, 1.0, 0.1, 0.25)
+    assert (cfg.data.mixup, cfg.data.cutmix, cfg.data.label_smoothing, cfg.data.reprob) == (
+        0.8,
+        1.0,
+        0.1,
+        0.25,
+    )
 
 
 def test_yaml_preset_and_overrides(tmp_path):
@@ -45,10 +50,18 @@ def test_roundtrip_through_yaml(tmp_path):
     "text,overrides,match",
     [
         ("model:\n  embed_dims: 3\n", [], r"model\.embed_dims: unknown key; allowed: \[.*embed_dim"),
-        ("", ["mask.ratio=0.3"], r"mask\.ratio=0\.3: a 2x2 cell can only mask a multiple of 1/4; allowed: 0, 0\.25"),
+        (
+            "",
+            ["mask.ratio=0.3"],
+            r"mask\.ratio=0\.3: a 2x2 cell can only mask a multiple of 1/4; allowed: 0, 0\.25",
+        ),
         ("", ["model.num_frames=15"], r"model\.num_frames=15: must be divisible by model\.tubelet_size=2"),
         ("", ["model.depth=two"], r"model\.depth='two': expected an integer"),
-        ("", ["train.scheme=foo"], r"train\.scheme='foo': allowed values are \['standard', 'mar', 'pretrain'\]"),
+        (
+            "",
+            ["train.scheme=foo"],
+            r"train\.scheme='foo': allowed values are \['standard', 'mar', 'pretrain'\]",
+        ),
         ("", ["mask.strategy=zigzag"], r"mask\.strategy='zigzag': unknown; allowed"),
         ("", ["model.name=vit_x"], r"model\.name='vit_x': unknown preset"),
         ("", ["mask.cell=[4, 4]"], r"mask\.cell=\[4, 4\]: must divide the 14x14 token plane"),

@@ -23,7 +23,9 @@ def _analytic(cfg: ModelConfig, n_vis: int, head: str) -> float:
     if head == "linear":
         return enc + d * cfg.num_classes
     w = cfg.bridge_dim
-    return enc + n_vis * d * w + cfg.bridge_depth * _block(n_vis, w, cfg.bridge_mlp_ratio) + w * cfg.num_classes
+    return (
+        enc + n_vis * d * w + cfg.bridge_depth * _block(n_vis, w, cfg.bridge_mlp_ratio) + w * cfg.num_classes
+    )
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.25, 0.5, 0.75])
@@ -45,7 +47,10 @@ def test_standard_vit_b_is_about_180_gflops_and_mar_about_half():
 
 
 def test_decoder_counted_in_training(capsys):
-    assert main(["bench", "flops", "--preset", "vit_s", "--frames", "8", "--size", "128", "--train", "--json"]) == 0
+    assert (
+        main(["bench", "flops", "--preset", "vit_s", "--frames", "8", "--size", "128", "--train", "--json"])
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     cfg = ModelConfig.from_name("vit_s", num_frames=8, img_size=128)
     n_vis, n_dec = res["visible_tokens"], res["tokens"]  # decoder sees visible + masked tokens

@@ -29,7 +29,9 @@ def test_preset_shapes_finite_and_every_parameter_gets_a_gradient(name, head):
     cfg.drop_path = 0.0  # stochastic depth could drop a branch for the whole tiny batch: no gradient there
     model = build_model(cfg)
     video = torch.randn(2, 3, 4, 32, 32)
-    mask = make_mask("cell_running", 0.5, cfg.grid, batch=2, train=True, generator=torch.Generator().manual_seed(0))
+    mask = make_mask(
+        "cell_running", 0.5, cfg.grid, batch=2, train=True, generator=torch.Generator().manual_seed(0)
+    )
     vis, msk = split_indices(mask, num_visible("cell_running", 0.5, cfg.grid))
     out = model(video, vis, msk)
     assert out["logits"].shape == (2, 5)
@@ -57,7 +59,9 @@ def test_vit_b_parameter_count():
     model = build_model(ModelConfig.from_name("vit_b", num_classes=400, head="linear"), with_decoder=False)
     enc = sum(p.numel() for p in model.encoder.parameters())
     d = 768
-    expected = (d * 3 * 2 * 16 * 16 + d) + 12 * (4 * d + 3 * d * d + 2 * d + d * d + d + 8 * d * d + 5 * d) + 2 * d
+    expected = (
+        (d * 3 * 2 * 16 * 16 + d) + 12 * (4 * d + 3 * d * d + 2 * d + d * d + d + 8 * d * d + 5 * d) + 2 * d
+    )
     assert enc == expected
 
 

@@ -41,7 +41,11 @@ def count_flops(
         model = build_model(cfg, with_decoder=train)
     params = sum(p.numel() for p in model.parameters())
     params_infer = params - (
-        sum(p.numel() for n, p in model.named_parameters() if n.startswith(("decoder.", "encoder_to", "mask_tok")))
+        sum(
+            p.numel()
+            for n, p in model.named_parameters()
+            if n.startswith(("decoder.", "encoder_to", "mask_tok"))
+        )
     )
     video = torch.empty(1, cfg.in_chans, cfg.num_frames, cfg.img_size, cfg.img_size, device="meta")
     m = make_mask(strategy, ratio, cfg.grid, batch=1, device="cpu")
@@ -83,7 +87,9 @@ def main(
     cfg = ModelConfig.from_name(preset, num_frames=frames, img_size=size, head=head, num_classes=classes)
     cfg.validate()
     res = count_flops(cfg, mask, mask_ratio, train, decoder_keep)
-    std_cfg = ModelConfig.from_name(preset, num_frames=frames, img_size=size, head="linear", num_classes=classes)
+    std_cfg = ModelConfig.from_name(
+        preset, num_frames=frames, img_size=size, head="linear", num_classes=classes
+    )
     res["standard_gflops"] = count_flops(std_cfg, "none", 0.0)["gflops"]
     res["fraction_of_standard"] = res["gflops"] / res["standard_gflops"]
     if json:

@@ -26,8 +26,19 @@ def collect() -> dict:
         "platform": platform.platform(),
         "versions": {
             d: _version(d)
-            for d in ["torch", "torchvision", "triton", "xformers", "nvidia-dali-cuda130", "timm", "einops",
-                      "webdataset", "av", "safetensors", "pyyaml"]
+            for d in [
+                "torch",
+                "torchvision",
+                "triton",
+                "xformers",
+                "nvidia-dali-cuda130",
+                "timm",
+                "einops",
+                "webdataset",
+                "av",
+                "safetensors",
+                "pyyaml",
+            ]
         },  # fmt: skip
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "cuda": torch.version.cuda if cuda else None,

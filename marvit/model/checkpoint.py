@@ -99,16 +99,18 @@ def detect_layout(sd: dict[str, torch.Tensor]) -> str:
     )
 
 
-def convert_state_dict(sd: dict[str, torch.Tensor], head: str = "bridging") -> tuple[str, dict[str, torch.Tensor]]:
+def convert_state_dict(
+    sd: dict[str, torch.Tensor], head: str = "bridging"
+) -> tuple[str, dict[str, torch.Tensor]]:
     """Rename a checkpoint's keys to marvit's (VideoMAE naming). Returns (layout, converted dict)."""
     layout = detect_layout(sd)
     out: dict[str, torch.Tensor] = {}
-    head_keys = {"fc_norm": "head.norm", "head": "head.fc", "classifier": "head.fc"} if head == "linear" else {}
+    head_keys = (
+        {"fc_norm": "head.norm", "head": "head.fc", "classifier": "head.fc"} if head == "linear" else {}
+    )
     if layout == "videomae_pretrain":
         for k, v in sd.items():
-            if k.startswith("head."):  # marvit's own classifier
-                out[k] = v
-            elif not k.startswith("encoder.head."):
+            if k.startswith("head.") or not k.startswith("encoder.head."):  # marvit's own classifier
                 out[k] = v
     elif layout == "videomae_finetune":
         for k, v in sd.items():
@@ -144,7 +146,9 @@ def convert_state_dict(sd: dict[str, torch.Tensor], head: str = "bridging") -> t
         for (where, idx), parts in qkv.items():
             if set(parts) != {"query", "key", "value"}:
                 raise ValueError(f"{where} layer {idx}: query/key/value weights incomplete ({sorted(parts)})")
-            out[f"{where}.blocks.{idx}.attn.qkv.weight"] = torch.cat([parts["query"], parts["key"], parts["value"]])
+            out[f"{where}.blocks.{idx}.attn.qkv.weight"] = torch.cat(
+                [parts["query"], parts["key"], parts["value"]]
+            )
     # the sinusoid tables are fixed functions of the grid, not weights
     return layout, {k: v for k, v in out.items() if not _FIXED_TABLES.search(k)}
 

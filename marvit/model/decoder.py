@@ -28,7 +28,11 @@ class Decoder(nn.Module):
         self.head = nn.Linear(dim, out_dim)
 
     def forward(
-        self, x_vis: torch.Tensor, mask_token: torch.Tensor, visible_idx: torch.Tensor, target_idx: torch.Tensor
+        self,
+        x_vis: torch.Tensor,
+        mask_token: torch.Tensor,
+        visible_idx: torch.Tensor,
+        target_idx: torch.Tensor,
     ) -> torch.Tensor:
         """x_vis: (B, N_vis, Dd) projected tokens; target_idx: (B, N_t) positions to predict -> (B, N_t, out)."""
         pos = self.pos_embed.to(x_vis.dtype)

@@ -19,7 +19,9 @@ from marvit.model.layers import Block, LayerNorm, drop_path_schedule, sinusoid_t
 class PatchEmbed(nn.Module):
     def __init__(self, in_chans: int, dim: int, tubelet: int, patch: int) -> None:
         super().__init__()
-        self.proj = nn.Conv3d(in_chans, dim, kernel_size=(tubelet, patch, patch), stride=(tubelet, patch, patch))
+        self.proj = nn.Conv3d(
+            in_chans, dim, kernel_size=(tubelet, patch, patch), stride=(tubelet, patch, patch)
+        )
 
 
 class VisionTransformer(nn.Module):
@@ -33,7 +35,8 @@ class VisionTransformer(nn.Module):
         self.register_buffer("pos_embed", sinusoid_table(cfg.num_tokens, cfg.embed_dim), persistent=False)
         dpr = drop_path_schedule(cfg.drop_path, cfg.depth)
         self.blocks = nn.ModuleList(
-            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, drop_path=dpr[i], bias="qv") for i in range(cfg.depth)
+            Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, drop_path=dpr[i], bias="qv")
+            for i in range(cfg.depth)
         )
         self.norm = LayerNorm(cfg.embed_dim)
 

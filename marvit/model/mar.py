@@ -36,7 +36,9 @@ class MARModel(nn.Module):
             out_dim = cfg.in_chans * cfg.tubelet_size * cfg.patch_size**2
             self.encoder_to_decoder = nn.Linear(cfg.embed_dim, cfg.decoder_dim, bias=False)
             self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.decoder_dim))
-            self.decoder = Decoder(cfg.num_tokens, cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads, out_dim)
+            self.decoder = Decoder(
+                cfg.num_tokens, cfg.decoder_dim, cfg.decoder_depth, cfg.decoder_heads, out_dim
+            )
         self.apply(init_weights)
         if with_decoder:
             nn.init.trunc_normal_(self.mask_token, std=0.02)
@@ -98,13 +100,17 @@ class MARModel(nn.Module):
         return self.cfg.depth + 1
 
 
-def build_model(cfg: ModelConfig, with_decoder: bool = True, device: torch.device | str | None = None) -> MARModel:
+def build_model(
+    cfg: ModelConfig, with_decoder: bool = True, device: torch.device | str | None = None
+) -> MARModel:
     cfg.validate()
     model = MARModel(cfg, with_decoder=with_decoder)
     return model.to(device) if device is not None else model
 
 
-def classification_loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+def classification_loss(
+    logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
     """Cross-entropy with hard labels (B,) or soft targets (B, classes) (e.g. from mixup/cutmix)."""
     if target.dim() == 1:
         return F.cross_entropy(logits, target, label_smoothing=label_smoothing)

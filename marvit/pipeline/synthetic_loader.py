@@ -17,7 +17,9 @@ import torch
 from marvit.config import DataConfig
 
 
-def synthetic_clip(index: int, seed: int, num_classes: int, frames: int, size: int) -> tuple[torch.Tensor, int]:
+def synthetic_clip(
+    index: int, seed: int, num_classes: int, frames: int, size: int
+) -> tuple[torch.Tensor, int]:
     """Clip ``(3, T, S, S)`` in [0, 1] and its label: a grating drifting in one of ``num_classes`` directions."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + index)
     label = index % num_classes
@@ -59,7 +61,9 @@ class SyntheticLoader:
         """Batch ``k`` of the current epoch on this rank (random access: resuming needs no replay)."""
         b = self.cfg.batch_size
         if self.train:
-            order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+            order = torch.randperm(
+                self.num_samples, generator=torch.Generator().manual_seed(self.seed + self.epoch)
+            )
         else:
             order = torch.arange(self.num_samples)
         ids = [(k * b + j) * self.world + self.rank for j in range(b)]

@@ -91,7 +91,11 @@ def list_checkpoints(out_dir: str | Path) -> list[Path]:
     root = Path(out_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    done = [p for p in root.glob(f"{PREFIX}*") if (p / "state.pt").is_file() and (p / "model.safetensors").is_file()]
+    done = [
+        p
+        for p in root.glob(f"{PREFIX}*")
+        if (p / "state.pt").is_file() and (p / "model.safetensors").is_file()
+    ]
     return sorted(done, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
@@ -112,6 +116,8 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> dict[st
         weights = {k: v for k, v in weights.items() if k in own or not k.startswith(TRAIN_ONLY)}
         missing, unexpected = model.load_state_dict(weights, strict=False)
         if missing or unexpected:
-            raise ValueError(f"{path}: weights do not fit the model: missing {missing}, unexpected {unexpected}")
+            raise ValueError(
+                f"{path}: weights do not fit the model: missing {missing}, unexpected {unexpected}"
+            )
     state_file = path / "state.pt"
     return torch.load(state_file, map_location="cpu", weights_only=True) if state_file.is_file() else {}

@@ -31,7 +31,9 @@ def eval_mask_indices(mask_cfg: MaskConfig | None, grid, batch: int, device) -> 
 
 
 @torch.no_grad()
-def evaluate(model, loader, mask_cfg: MaskConfig | None, grid, device, amp_dtype=None, progress=False) -> dict:
+def evaluate(
+    model, loader, mask_cfg: MaskConfig | None, grid, device, amp_dtype=None, progress=False
+) -> dict:
     """Top-1/top-5 over videos with softmax scores averaged over views. ``model`` is the bare MARModel."""
     was_training = model.training
     model.eval()

@@ -24,10 +24,13 @@ from __future__ import annotations
 import copy
 import json
 import os
+import random
 import time
 from contextlib import nullcontext
+from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -36,7 +39,13 @@ from tqdm import tqdm
 from marvit.config import Config, ConfigError
 from marvit.model import build_model, load_pretrained, make_mask, mar_loss, split_indices
 from marvit.model.masking import num_visible
-from marvit.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from marvit.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from marvit.train.evaluate import evaluate
 from marvit.train.optim import build_optimizer, cosine_lr, set_lr
 
@@ -60,7 +69,9 @@ def pick_device(name: str, local_rank: int) -> torch.device:
     return torch.device(name)
 
 
-def build_data_loader(cfg: Config, split: str, train: bool, rank: int, world: int, device, build=None, epoch=0):
+def build_data_loader(
+    cfg: Config, split: str, train: bool, rank: int, world: int, device, build=None, epoch=0
+):
     if cfg.data.backend == "synthetic":
         from marvit.pipeline.synthetic_loader import SyntheticLoader
 
@@ -88,16 +99,43 @@ def check_data(cfg: Config) -> None:
         return
     root = cfg.data.root
     if root is None:
-        raise ConfigError("data.root=null: set it to a `marvit convert` output directory (or data.backend=synthetic)")
+        raise ConfigError(
+            "data.root=null: set it to a `marvit convert` output directory (or data.backend=synthetic)"
+        )
     manifest = Path(root) / "manifest.json"
     if not manifest.is_file():
-        raise ConfigError(f"data.root={root!r}: no manifest.json there; is it a `marvit convert` output directory?")
+        raise ConfigError(
+            f"data.root={root!r}: no manifest.json there; is it a `marvit convert` output directory?"
+        )
     info = json.loads(manifest.read_text())
     if "train" not in info.get("splits", {}):
-        raise ConfigError(f"data.root={root!r}: the manifest has no 'train' split (has {sorted(info.get('splits', {}))})")
+        raise ConfigError(
+            f"data.root={root!r}: the manifest has no 'train' split (has {sorted(info.get('splits', {}))})"
+        )
     n = len(info.get("classes", []))
     if cfg.train.scheme != "pretrain" and n != cfg.model.num_classes:
-        raise ConfigError(f"model.num_classes={cfg.model.num_classes}: the data set at {root} has {n} classes")
+        raise ConfigError(
+            f"model.num_classes={cfg.model.num_classes}: the data set at {root} has {n} classes"
+        )
+
+
+def init_distributed(backend: str, rank: int, world: int) -> None:
+    """Join the process group through the store torchrun's agent hosts, under a per-restart key prefix.
+
+    After ``--max-restarts`` restarts a group, the agent's store still holds the previous round's peer
+    addresses; gloo would connect to the dead workers and fail. A prefix per restart round keeps each
+    round's rendezvous apart.
+    """
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if addr is None or port is None:
+        dist.init_process_group(backend)  # another launcher's env:// setup
+        return
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    base = dist.TCPStore(
+        addr, int(port), world, is_master=not agent and rank == 0, timeout=timedelta(minutes=10)
+    )
+    store = dist.PrefixStore(f"marvit/restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", base)
+    dist.init_process_group(backend, store=store, rank=rank, world_size=world)
 
 
 def fault_injection(step: int) -> None:
@@ -139,7 +177,7 @@ def train(cfg: Config) -> int:
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(tc.device, local_rank)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        init_distributed("nccl" if device.type == "cuda" else "gloo", rank, world)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     master = rank == 0
@@ -149,6 +187,8 @@ def train(cfg: Config) -> int:
         print(cfg.to_yaml())
         (out_dir / "config.yaml").write_text(cfg.to_yaml())
     torch.manual_seed(tc.seed + rank)
+    random.seed(tc.seed + rank)
+    np.random.seed(tc.seed + rank)  # timm's Mixup draws from numpy
     mask_gen = torch.Generator(device=device).manual_seed(tc.seed * 1000 + rank)
     amp_dtype = torch.bfloat16 if (tc.amp and device.type == "cuda") else None
 
@@ -179,7 +219,9 @@ def train(cfg: Config) -> int:
     micro_per_epoch = len(loader)
     steps_per_epoch = micro_per_epoch // tc.accum_steps
     if steps_per_epoch == 0:
-        raise ConfigError(f"train.accum_steps={tc.accum_steps}: more than the {micro_per_epoch} batches of an epoch")
+        raise ConfigError(
+            f"train.accum_steps={tc.accum_steps}: more than the {micro_per_epoch} batches of an epoch"
+        )
     total_steps = tc.epochs * steps_per_epoch
     if tc.max_steps is not None:
         total_steps = min(total_steps, tc.max_steps)
@@ -221,7 +263,9 @@ def train(cfg: Config) -> int:
         nonlocal best
         if val_loader is None:
             return None
-        res = evaluate(raw_model, val_loader, None if scheme == "standard" else cfg.mask, grid, device, amp_dtype)
+        res = evaluate(
+            raw_model, val_loader, None if scheme == "standard" else cfg.mask, grid, device, amp_dtype
+        )
         is_best = res["top1"] > best
         best = max(best, res["top1"])
         return {**res, "is_best": is_best}
@@ -285,10 +329,12 @@ def train(cfg: Config) -> int:
                         tgt = msk
                         if tc.decoder_keep < 1:  # a random, sorted subset of the masked tokens
                             keep = max(1, int(round(msk.shape[1] * tc.decoder_keep)))
-                            pick = torch.rand(msk.shape, generator=mask_gen, device=device).argsort(1)[:, :keep]
+                            pick = torch.rand(msk.shape, generator=mask_gen, device=device).argsort(1)[
+                                :, :keep
+                            ]
                             tgt = torch.gather(msk, 1, pick.sort(1).values)
                 sync = i == tc.accum_steps - 1 or world == 1
-                with (nullcontext() if sync else model.no_sync()):
+                with nullcontext() if sync else model.no_sync():
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                         out = model(video, vis, tgt, with_logits=scheme != "pretrain")
                     pixels = raw_model.targets(video, tgt) if tgt is not None else None

@@ -1,0 +1,194 @@
+"""The training loop on the CPU: DDP equivalence, exact resume, crash recovery under torchrun, loss that
+falls for every scheme, multi-view averaging, the optimizer's groups and schedule, and config refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from marvit.cli import main as cli
+from marvit.config import ConfigError, ModelConfig, TrainConfig, load_config
+from marvit.model import build_model
+from marvit.train.checkpoint import latest_checkpoint
+from marvit.train.evaluate import evaluate
+from marvit.train.loop import train
+from marvit.train.optim import cosine_lr, param_groups
+
+TINY = """
+model: {name: vit_s, embed_dim: 32, depth: 2, num_heads: 2, img_size: 32, num_frames: 4, num_classes: 4,
+        bridge_dim: 32, bridge_depth: 1, bridge_heads: 2, decoder_dim: 32, decoder_heads: 2, decoder_depth: 1,
+        drop_path: 0.0, head_dropout: 0.0}
+data: {backend: synthetic, batch_size: 4, num_frames: 4, img_size: 32, synthetic_samples: [32, 16],
+       mixup: 0.0, cutmix: 0.0, label_smoothing: 0.0}
+train: {epochs: 2, warmup_epochs: 0.5, base_lr: 0.002, scale_lr: false, log_interval: 2, recon_weight: 0.1}
+"""
+
+
+def _cfg(tmp_path: Path, *overrides: str):
+    p = tmp_path / "tiny.yaml"
+    p.write_text(TINY)
+    return p, load_config(p, [f"train.out_dir={tmp_path / 'run'}", *overrides])
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(latest_checkpoint(run) / "model.safetensors"))
+
+
+def _torchrun(tmp_path, config: Path, overrides: list[str], nproc: int, extra_env=None, restarts: int = 0):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(extra_env or {})}
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--max-restarts={restarts}",
+           "--rdzv-backend=c10d", "--rdzv-endpoint=localhost:0", "-m", "marvit", "train", str(config), *overrides]  # fmt: skip
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    config, _ = _cfg(tmp_path)
+    common = ["train.scheme=standard", "train.max_steps=4", "train.seed=3"]
+    one = _torchrun(tmp_path, config, [*common, f"train.out_dir={tmp_path / 'one'}", "data.batch_size=8"], 1)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _torchrun(tmp_path, config, [*common, f"train.out_dir={tmp_path / 'two'}", "data.batch_size=4"], 2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    init = build_model(load_config(config, common).model).state_dict()
+    moved = 0
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=2e-5, rtol=1e-4)
+        moved += int(not torch.allclose(a[k], init[k]))
+    assert moved > len(a) // 2  # training really changed the weights
+    assert json.loads((tmp_path / "two" / "results.json").read_text())["world_size"] == 2
+
+
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, monkeypatch):
+    _, cfg = _cfg(tmp_path, "train.save_interval=2", "train.max_steps=6", "data.mixup=0.8", "data.cutmix=1.0",
+                  "model.drop_path=0.1", "model.head_dropout=0.1")  # fmt: skip
+    cfg.train.out_dir = str(tmp_path / "straight")
+    assert train(cfg) == 0
+    cfg.train.out_dir = str(tmp_path / "broken")
+    monkeypatch.setenv("MARVIT_FAULT_STEP", "4")
+    with pytest.raises(RuntimeError, match="injected fault at step 4"):
+        train(cfg)
+    assert latest_checkpoint(tmp_path / "broken").name == "step_00000004"
+    monkeypatch.delenv("MARVIT_FAULT_STEP")
+    cfg.train.resume = "auto"
+    assert train(cfg) == 0
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "broken")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    steps = [
+        json.loads(line)["step"] for line in (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps[-1] == 6
+
+
+@pytest.mark.slow
+def test_crashed_worker_is_survived_with_max_restarts(tmp_path):
+    config, _ = _cfg(tmp_path)
+    run = tmp_path / "elastic"
+    res = _torchrun(
+        tmp_path, config, [f"train.out_dir={run}", "train.max_steps=6", "train.save_interval=2", "train.resume=auto"],
+        nproc=2, extra_env={"MARVIT_FAULT_STEP": "3", "MARVIT_FAULT_RANK": "1"}, restarts=1,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "injected fault at step 3" in res.stderr
+    assert "resumed from" in res.stdout
+    result = json.loads((run / "results.json").read_text())
+    assert result["steps"] == 6 and result["world_size"] == 2
+
+
+@pytest.mark.parametrize("scheme", ["standard", "mar", "pretrain"])
+def test_loss_falls_for_every_scheme(tmp_path, scheme):
+    epochs = 12 if scheme == "pretrain" else 6  # reconstruction learns slower than classification
+    _, cfg = _cfg(tmp_path, f"train.scheme={scheme}", f"train.epochs={epochs}", "train.log_interval=4")
+    assert train(cfg) == 0
+    recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in recs if "loss" in r]
+    assert len(losses) >= 4 and all(math.isfinite(v) for v in losses)
+    assert sum(losses[-2:]) < 0.92 * sum(losses[:2]), losses
+    result = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert result["steps"] == epochs * 32 // 4
+    if scheme != "pretrain":
+        assert "top1" in result
+
+
+class _FixedLogits(torch.nn.Module):
+    """Returns given logits per (video_id, view), whatever the clip: a model with known answers."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = table
+
+    def forward(self, video, visible_idx=None):
+        return {"logits": torch.stack([self.table[int(v)] for v in video[:, 0, 0, 0, 0]])}
+
+
+def test_multiview_scores_are_averaged_after_softmax():
+    # video 0: views favour class 1 once strongly and class 2 twice weakly; averaged softmax -> class 1
+    rows = {0: [1, 0, 9, 0], 1: [0, 0, 0.5, 0], 2: [0, 0, 0.5, 0], 3: [0, 3, 0, 0], 4: [5, 0, 0, 0],
+            5: [0, 0, 0, 4]}  # fmt: skip
+    table = {k: torch.tensor(v, dtype=torch.float) for k, v in rows.items()}
+    row_ids = torch.arange(6, dtype=torch.float)
+    video = row_ids.view(6, 1, 1, 1, 1).expand(6, 3, 2, 2, 2).clone()
+    batch = {"video": video, "label": torch.tensor([2, 2, 2, 3, 3, 3]),
+             "video_id": torch.tensor([0, 0, 0, 1, 1, 1]), "view": torch.tensor([0, 1, 2, 0, 1, 2])}  # fmt: skip
+    res = evaluate(_FixedLogits(table), [batch], None, (1, 1, 1), torch.device("cpu"))
+    # the independent reference: average softmax per video by hand
+    p0 = sum(torch.softmax(table[i], 0) for i in (0, 1, 2)) / 3
+    p1 = sum(torch.softmax(table[i], 0) for i in (3, 4, 5)) / 3
+    expect = [int(p0.argmax() == 2), int(p1.argmax() == 3)]
+    assert res["num_videos"] == 2
+    assert res["top1"] == pytest.approx(100 * sum(expect) / 2)
+    assert p0.argmax() == 2 and p1.argmax() == 3 and res["top1"] == 100.0
+    # a majority vote over argmaxes would say video 1 is class 1 (views 3, 4 disagree with 5): not what we do
+    assert res["top5"] == 100.0
+
+
+def test_param_groups_layer_decay_and_no_decay():
+    cfg = ModelConfig(embed_dim=32, depth=3, num_heads=2, img_size=32, num_frames=4, num_classes=4,
+                      decoder_dim=16, decoder_heads=2, decoder_depth=1, bridge_dim=16, bridge_heads=2)  # fmt: skip
+    model = build_model(cfg)
+    groups = param_groups(model, 0.05, 0.75)
+    by_name = {n: g for g in groups for n in g["names"]}
+    assert by_name["encoder.patch_embed.proj.weight"]["lr_scale"] == pytest.approx(0.75**4)
+    assert by_name["encoder.blocks.1.attn.qkv.weight"]["lr_scale"] == pytest.approx(0.75**2)
+    assert by_name["head.fc.weight"]["lr_scale"] == 1.0 and by_name["decoder.head.weight"]["lr_scale"] == 1.0
+    for name in [
+        "encoder.blocks.0.norm1.weight",
+        "encoder.blocks.0.attn.q_bias",
+        "mask_token",
+        "head.fc.bias",
+    ]:
+        assert by_name[name]["weight_decay"] == 0.0, name
+    assert by_name["encoder.blocks.0.mlp.fc1.weight"]["weight_decay"] == 0.05
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_cosine_schedule():
+    assert cosine_lr(0, 100, 10, 1.0, 0.0) == 0.0
+    assert cosine_lr(5, 100, 10, 1.0, 0.0) == pytest.approx(0.5)
+    assert cosine_lr(10, 100, 10, 1.0, 0.0) == pytest.approx(1.0)
+    assert cosine_lr(55, 100, 10, 1.0, 0.0) == pytest.approx(0.5)
+    assert cosine_lr(100, 100, 10, 1.0, 0.1) == pytest.approx(0.1)
+
+
+def test_bad_configs_fail_before_any_work(tmp_path, capsys):
+    p, _ = _cfg(tmp_path)
+    assert cli(["train", str(p), "data.backend=pyav", f"data.root={tmp_path / 'nowhere'}"]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+    assert cli(["train", str(p), "train.layer_decay=1.5"]) == 2
+    assert "train.layer_decay=1.5: must be in (0, 1]" in capsys.readouterr().err
+    assert cli(["train", str(p), "mask.ratio=0.6"]) == 2
+    assert not (tmp_path / "run").exists()  # nothing was started
+    with pytest.raises(ConfigError, match="accum_steps"):
+        _, cfg = _cfg(tmp_path, "train.accum_steps=100")
+        train(cfg)
+    assert TrainConfig().recon_weight == 0.1
