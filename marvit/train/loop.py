@@ -119,6 +119,30 @@ def check_data(cfg: Config) -> None:
         )
 
 
+def train_indices(
+    cfg: Config, batch: int, n_vis: int, generator: torch.Generator, device: torch.device, with_targets: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """One training batch's visible indices (B, N_vis) and decoder targets (B, N_t); None without a mask.
+
+    The targets are the masked tokens or, with ``train.decoder_keep < 1``, a random sorted subset of them.
+    Also used by the step benchmark and the profiler, so they time exactly what the loop runs.
+    """
+    if cfg.mask.strategy == "none":
+        return None, None
+    mask = make_mask(cfg.mask.strategy, cfg.mask.ratio, cfg.model.grid, batch=batch, train=True,
+                     generator=generator, cell=cfg.mask.cell, spatial=cfg.mask.spatial,
+                     temporal=cfg.mask.temporal, device=device)  # fmt: skip
+    vis, msk = split_indices(mask, n_vis)  # (B, N_vis), (B, N - N_vis)
+    if not with_targets:
+        return vis, None
+    tgt = msk
+    if cfg.train.decoder_keep < 1:  # a random, sorted subset of the masked tokens
+        keep = max(1, int(round(msk.shape[1] * cfg.train.decoder_keep)))
+        pick = torch.rand(msk.shape, generator=generator, device=device).argsort(1)[:, :keep]
+        tgt = torch.gather(msk, 1, pick.sort(1).values)  # (B, N_t)
+    return vis, tgt
+
+
 def init_distributed(backend: str, rank: int, world: int) -> None:
     """Join the process group through the store torchrun's agent hosts, under a per-restart key prefix.
 
@@ -196,7 +220,7 @@ def train(cfg: Config) -> int:
     recon_weight = 1.0 if scheme == "pretrain" else (tc.recon_weight if scheme == "mar" else 0.0)
     model = build_model(cfg.model, with_decoder=recon_weight > 0).to(device)
     if scheme == "pretrain":
-        model.head.requires_grad_(False)  # no labels: the head takes no part (and DDP must not wait for it)
+        model.head = torch.nn.Identity()  # no labels: no head to train, store or hand to fine-tuning
     resume = latest_checkpoint(out_dir) if tc.resume == "auto" else (Path(tc.resume) if tc.resume else None)
     if cfg.model.pretrained and resume is None:
         report = load_pretrained(model, cfg.model.pretrained)
@@ -319,20 +343,7 @@ def train(cfg: Config) -> int:
                 target = label
                 if mixup is not None:
                     video, target = mixup(video, label)
-                vis = tgt = None
-                if cfg.mask.strategy != "none":
-                    mask = make_mask(cfg.mask.strategy, cfg.mask.ratio, grid, batch=b, train=True,
-                                     generator=mask_gen, cell=cfg.mask.cell, spatial=cfg.mask.spatial,
-                                     temporal=cfg.mask.temporal, device=device)  # fmt: skip
-                    vis, msk = split_indices(mask, n_vis)
-                    if recon_weight > 0:
-                        tgt = msk
-                        if tc.decoder_keep < 1:  # a random, sorted subset of the masked tokens
-                            keep = max(1, int(round(msk.shape[1] * tc.decoder_keep)))
-                            pick = torch.rand(msk.shape, generator=mask_gen, device=device).argsort(1)[
-                                :, :keep
-                            ]
-                            tgt = torch.gather(msk, 1, pick.sort(1).values)
+                vis, tgt = train_indices(cfg, b, n_vis, mask_gen, device, with_targets=recon_weight > 0)
                 sync = i == tc.accum_steps - 1 or world == 1
                 with nullcontext() if sync else model.no_sync():
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
