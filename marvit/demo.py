@@ -92,7 +92,7 @@ def _quick(cfg: Config, data: dict) -> tuple[Config, dict, int]:
     cfg.model.img_size = cfg.data.img_size = cfg.data.test_short_side = 32
     cfg.model.num_frames = cfg.data.num_frames = 8
     cfg.model.num_classes = 3
-    cfg.model.embed_dim, cfg.model.depth = 32, 1
+    cfg.model.embed_dim, cfg.model.depth, cfg.model.bridge_dim, cfg.model.bridge_depth = 32, 1, 32, 1
     cfg.data.batch_size, cfg.data.sampling_rate, cfg.data.num_workers = 3, 1, 0
     cfg.train.epochs, cfg.train.log_interval = 1, 1
     return cfg.validate(), data, 1
