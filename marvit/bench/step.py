@@ -1,0 +1,409 @@
+"""`marvit bench step`: one training step and one inference forward, standard scheme vs MAR, side by side.
+
+Both schemes are built in one process and timed interleaved (standard, MAR, standard, MAR, ...) so that
+whatever else the machine does falls on both alike; warm-up iterations are dropped and the median with
+its spread (min, max, quartiles) is reported. What each scheme runs is what ``marvit train`` runs:
+  standard - every token, the linear head, no decoder (``resolve_scheme`` with ``train.scheme=standard``);
+  MAR      - the cell running training mask at ``--mask-ratio``, the bridging classifier and the
+             reconstruction branch (lambda = 0.1) over the masked tokens, or a ``--decoder-keep`` fraction
+             of them; the indices come from ``train.loop.train_indices``, the loss from ``mar_loss``.
+A training step is forward, backward and the AdamW step of ``build_optimizer``; inference is a no_grad
+forward in eval mode (MAR under its evaluation mask). bf16 autocast on CUDA, fp32 on a CPU; explicit device
+syncs around every timed region on CUDA.
+
+FLOPs come from :func:`marvit.bench.flops.count_flops` (multiply-adds, as fvcore counts): inference is the
+forward count, a training step is 3x the forward count including the decoder (backward ~ 2x forward), said
+so in the JSON under ``flops``. Activation memory is measured in the first step of each scheme: the bytes
+of the tensors autograd saves for backward (``saved_tensors_hooks``, unique storages, parameters and buffers
+excluded) everywhere, and on CUDA also the peak allocated memory during the forward above what was
+allocated before it; ``activation_mb`` reports the saved-tensor count on a CPU and the peak delta on CUDA.
+
+``--sweep`` times MAR at mask ratios 0, 0.25, 0.5 and 0.75 (0 = the MAR architecture with every token and
+no reconstruction, as there is nothing masked) against the one standard model, and draws speedup and
+activation memory against the ratio. Nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from marvit.bench.flops import count_flops
+from marvit.config import Config, DataConfig, MaskConfig, ModelConfig, TrainConfig
+from marvit.model import MARModel, build_model, mar_loss
+from marvit.model.masking import num_visible
+from marvit.train.evaluate import eval_mask_indices
+from marvit.train.loop import pick_device, resolve_scheme, train_indices
+from marvit.train.optim import build_optimizer
+
+RECON_WEIGHT = 0.1  # lambda of the reconstruction loss (SSv2-style)
+TRAIN_FLOP_FACTOR = 3  # forward + backward (~2x forward) per training step
+SWEEP_RATIOS = (0.0, 0.25, 0.5, 0.75)
+
+
+# --------------------------------------------------------------------------------------------------------
+# activation memory
+# --------------------------------------------------------------------------------------------------------
+class SavedTensorMeter:
+    """Bytes autograd saves for backward inside the ``with`` block, each storage counted once.
+
+    A tensor saved twice, or two views of one storage, count once (the whole storage: that is what stays
+    alive). Storages of ``exclude`` (the parameters and buffers) are not activations and are skipped.
+    """
+
+    def __init__(self, exclude: Iterable[torch.Tensor] = ()) -> None:
+        self._exclude = {_storage_key(t) for t in exclude}
+        self._seen: dict[tuple, int] = {}
+        self._ctx: Any = None
+
+    @property
+    def bytes(self) -> int:
+        return sum(self._seen.values())
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(t)
+        if key not in self._exclude and key not in self._seen:
+            self._seen[key] = _storage_bytes(t)
+        return t
+
+    def __enter__(self) -> SavedTensorMeter:
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._ctx.__exit__(*exc)
+
+
+def _storage_key(t: torch.Tensor) -> tuple:
+    try:
+        return (t.device.type, t.device.index, t.untyped_storage().data_ptr())
+    except (RuntimeError, NotImplementedError):  # a tensor without a plain storage: count it by identity
+        return ("id", id(t))
+
+
+def _storage_bytes(t: torch.Tensor) -> int:
+    try:
+        return t.untyped_storage().nbytes()
+    except (RuntimeError, NotImplementedError):
+        return t.numel() * t.element_size()
+
+
+class ActivationMeter:
+    """Saved-tensor bytes of a forward, and on CUDA the peak allocated memory above the start of it."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+        self.device = device
+        self.saved = SavedTensorMeter([*model.parameters(), *model.buffers()])
+        self.result: dict[str, float] = {}
+
+    def __enter__(self) -> ActivationMeter:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+        self.saved.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.saved.__exit__(*exc)
+        self.result["saved_tensor_mb"] = self.saved.bytes / 2**20
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device) - self._base
+            self.result["peak_delta_mb"] = peak / 2**20
+
+
+# --------------------------------------------------------------------------------------------------------
+# the two schemes, as the training loop runs them
+# --------------------------------------------------------------------------------------------------------
+def scheme_config(
+    scheme: str,
+    preset: str,
+    frames: int,
+    size: int,
+    batch: int,
+    ratio: float = 0.5,
+    decoder_keep: float = 1.0,
+) -> Config:
+    """The resolved config of ``scheme`` ("standard" or "mar"); ratio 0 means no mask at all."""
+    cfg = Config(
+        model=ModelConfig.from_name(preset, num_frames=frames, img_size=size, head="bridging"),
+        mask=MaskConfig(strategy="cell_running" if ratio > 0 else "none", ratio=ratio),
+        data=DataConfig(num_frames=frames, img_size=size, batch_size=batch, mixup=0.0, cutmix=0.0),
+        train=TrainConfig(scheme=scheme, recon_weight=RECON_WEIGHT, decoder_keep=decoder_keep),
+    )
+    return resolve_scheme(cfg)
+
+
+def recon_weight(cfg: Config) -> float:
+    """lambda as the training loop uses it: only MAR reconstructs, and only when something is masked."""
+    return cfg.train.recon_weight if cfg.train.scheme == "mar" and cfg.mask.strategy != "none" else 0.0
+
+
+def step_loss(
+    model: MARModel, cfg: Config, video: torch.Tensor, label: torch.Tensor, generator: torch.Generator,
+    amp_dtype: torch.dtype | None,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Forward and loss of one training step, as ``train.loop`` computes them (hard labels, no mixup)."""
+    lam = recon_weight(cfg)
+    n_vis = num_visible(cfg.mask.strategy, cfg.mask.ratio, cfg.model.grid, cfg.mask.cell)
+    vis, tgt = train_indices(cfg, video.shape[0], n_vis, generator, video.device, with_targets=lam > 0)
+    with torch.autocast(video.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        out = model(video, vis, tgt)  # logits (B, classes), pred (B, N_t, t*p*p*C)
+    pixels = model.targets(video, tgt) if tgt is not None else None
+    return mar_loss(out["logits"], label, out.get("pred"), pixels, lam, cfg.data.label_smoothing)
+
+
+def train_step(
+    model: MARModel, optimizer: torch.optim.Optimizer, cfg: Config, video: torch.Tensor, label: torch.Tensor,
+    generator: torch.Generator, amp_dtype: torch.dtype | None, memory: dict | None = None,
+) -> None:  # fmt: skip
+    """Forward, backward, optimizer step. With ``memory`` (a dict), the forward's activations are measured."""
+    if memory is None:
+        losses = step_loss(model, cfg, video, label, generator, amp_dtype)
+    else:
+        with ActivationMeter(model, video.device) as meter:
+            losses = step_loss(model, cfg, video, label, generator, amp_dtype)
+        memory.update(meter.result)
+    losses["loss"].backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+@torch.no_grad()
+def infer_step(
+    model: MARModel, cfg: Config, video: torch.Tensor, amp_dtype: torch.dtype | None
+) -> torch.Tensor:
+    """No-grad forward in eval mode; MAR sees the evaluation mask at its ratio. Returns logits (B, classes)."""
+    mask_cfg = None if cfg.train.scheme == "standard" else cfg.mask
+    vis = eval_mask_indices(mask_cfg, cfg.model.grid, video.shape[0], video.device)
+    with torch.autocast(video.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        return model(video, vis)["logits"]
+
+
+# --------------------------------------------------------------------------------------------------------
+# timing
+# --------------------------------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_ms(fn: Callable[[], Any], device: torch.device) -> float:
+    """Wall-clock milliseconds of ``fn()`` with device syncs before and after."""
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def spread(ms: list[float]) -> dict[str, float]:
+    """Median, min, max and quartiles of a list of times."""
+    q = statistics.quantiles(ms, n=4, method="inclusive") if len(ms) > 1 else [ms[0]] * 3
+    return {"median": statistics.median(ms), "min": min(ms), "max": max(ms), "q1": q[0], "q3": q[2],
+            "n": len(ms)}  # fmt: skip
+
+
+def _compare(std_ms: list[float], mar_ms: list[float], std_gf: float, mar_gf: float, batch: int) -> dict:
+    s, m = statistics.median(std_ms), statistics.median(mar_ms)
+    return {
+        "standard_ms": s,
+        "mar_ms": m,
+        "speedup": s / m,
+        "standard_clips_per_s": batch / (s / 1e3),
+        "mar_clips_per_s": batch / (m / 1e3),
+        "standard_gflops": std_gf,  # per clip
+        "mar_gflops": mar_gf,
+        "flops_ratio": mar_gf / std_gf,
+        "standard_gflops_per_s": std_gf * batch / (s / 1e3),
+        "mar_gflops_per_s": mar_gf * batch / (m / 1e3),
+        "standard_spread_ms": spread(std_ms),
+        "mar_spread_ms": spread(mar_ms),
+        "standard_times_ms": std_ms,
+        "mar_times_ms": mar_ms,
+    }
+
+
+def run(
+    preset: str = "vit_b", standard_preset: str | None = None, frames: int = 16, size: int = 224,
+    batch: int = 2, ratios: Iterable[float] = (0.5,), decoder_keep: float = 1.0, iters: int = 5,
+    warmup: int = 1, device: str = "auto", progress: bool = True,
+) -> dict:  # fmt: skip
+    """Time the standard scheme against MAR at each ratio (one MAR model serves every ratio)."""
+    ratios = list(ratios)
+    if iters < 1 or warmup < 0:
+        raise ValueError(f"iters={iters}, warmup={warmup}: need iters >= 1 and warmup >= 0")
+    dev = pick_device(device, 0)
+    amp_dtype = torch.bfloat16 if dev.type == "cuda" else None  # bf16 can crash on this CPU: fp32 there
+    std_preset = standard_preset or preset
+    torch.manual_seed(0)
+    std_cfg = scheme_config("standard", std_preset, frames, size, batch)
+    mar_cfgs = [scheme_config("mar", preset, frames, size, batch, r, decoder_keep) for r in ratios]
+
+    std_model = build_model(std_cfg.model, with_decoder=False, device=dev).train()
+    mar_model = build_model(mar_cfgs[0].model, with_decoder=True, device=dev).train()
+    std_opt = build_optimizer(std_model, std_cfg.train, 1e-4)
+    mar_opt = build_optimizer(mar_model, mar_cfgs[0].train, 1e-4)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    video = torch.randn(batch, 3, frames, size, size, device=dev)  # (B, C, T, H, W), normalized-like
+    label = torch.randint(0, std_cfg.model.num_classes, (batch,), device=dev)
+
+    # the jobs, in the order they are interleaved: standard first, then MAR at each ratio
+    jobs: list[tuple[str, MARModel, torch.optim.Optimizer, Config]] = [
+        ("standard", std_model, std_opt, std_cfg)
+    ]
+    jobs += [(f"mar@{c.mask.ratio:g}", mar_model, mar_opt, c) for c in mar_cfgs]
+    times = {name: {"train": [], "infer": []} for name, *_ in jobs}
+    memory: dict[str, dict] = {name: {} for name, *_ in jobs}
+
+    total = warmup + iters
+    bar = tqdm(range(total), desc=f"bench step ({len(jobs)} schemes)", disable=not progress, file=sys.stderr)
+    for i in bar:
+        for name, model, opt, cfg in jobs:
+            model.train()
+            mem = memory[name] if i == 0 else None  # activations measured in the first step of each scheme
+            ms = timed_ms(lambda: train_step(model, opt, cfg, video, label, gen, amp_dtype, mem), dev)  # noqa: B023
+            if i >= warmup:
+                times[name]["train"].append(ms)
+        for name, model, _, cfg in jobs:
+            model.eval()
+            ms = timed_ms(lambda: infer_step(model, cfg, video, amp_dtype), dev)  # noqa: B023
+            if i >= warmup:
+                times[name]["infer"].append(ms)
+        bar.set_postfix({"it": "warm-up" if i < warmup else "timed"})
+    bar.close()
+
+    std_fwd = count_flops(std_cfg.model, "none", 0.0)["gflops"]
+    act_key = "peak_delta_mb" if dev.type == "cuda" else "saved_tensor_mb"
+    rows = []
+    for (name, *_), cfg in zip(jobs[1:], mar_cfgs, strict=True):
+        r = cfg.mask.ratio
+        fl = count_flops(cfg.model, "cell_running", r, train=True, decoder_keep=decoder_keep)
+        std_mem, mar_mem = memory["standard"], memory[name]
+        rows.append({
+            "mask_ratio": r,
+            "tokens": cfg.model.num_tokens,
+            "visible_tokens": fl["visible_tokens"],
+            "decoder_tokens": fl["decoder_tokens"] if recon_weight(cfg) > 0 else 0,
+            "train": _compare(times["standard"]["train"], times[name]["train"], TRAIN_FLOP_FACTOR * std_fwd,
+                              TRAIN_FLOP_FACTOR * fl["train_gflops"], batch),
+            "infer": _compare(times["standard"]["infer"], times[name]["infer"], std_fwd, fl["gflops"], batch),
+            "activation_mb": {
+                "standard": std_mem[act_key], "mar": mar_mem[act_key], "ratio": mar_mem[act_key] / std_mem[act_key],
+                "method": "cuda max_memory_allocated delta over the forward" if dev.type == "cuda"
+                else "saved_tensors_hooks: unique storages saved for backward, parameters/buffers excluded",
+                "standard_saved_tensor_mb": std_mem["saved_tensor_mb"], "mar_saved_tensor_mb": mar_mem["saved_tensor_mb"],
+            },
+        })  # fmt: skip
+    return {
+        "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
+        "dtype": "bf16 autocast" if amp_dtype is not None else "fp32",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "preset": preset,
+        "standard_preset": std_preset,
+        "frames": frames,
+        "size": size,
+        "batch": batch,
+        "decoder_keep": decoder_keep,
+        "recon_weight": RECON_WEIGHT,
+        "iters": iters,
+        "warmup": warmup,
+        "flops": {
+            "unit": "GFLOPs per clip, one multiply-add = one FLOP (fvcore), from marvit.bench.flops.count_flops",
+            "train": f"{TRAIN_FLOP_FACTOR} x forward (encoder + head + decoder), backward taken as 2 x forward",
+            "infer": "forward (encoder + head), evaluation mask for MAR",
+            "standard_forward_gflops": std_fwd,
+        },
+        "results": rows,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------
+# output
+# --------------------------------------------------------------------------------------------------------
+def _table(res: dict) -> str:
+    head = (f"{res['preset']} MAR vs {res['standard_preset']} standard, {res['frames']}x{res['size']}, "
+            f"batch {res['batch']}, decoder_keep {res['decoder_keep']:g}, {res['device']} {res['dtype']}, "
+            f"median of {res['iters']} (warm-up {res['warmup']})")  # fmt: skip
+    cols = ["ratio", "vis", "dec", "train std ms", "train MAR ms", "train x", "infer std ms", "infer MAR ms",
+            "infer x", "GFLOP std/MAR (train)", "act std MB", "act MAR MB", "act MAR/std"]  # fmt: skip
+    lines = [head, " | ".join(cols), " | ".join("-" * len(c) for c in cols)]
+    for r in res["results"]:
+        tr, inf, act = r["train"], r["infer"], r["activation_mb"]
+        vals = [f"{r['mask_ratio']:g}", str(r["visible_tokens"]), str(r["decoder_tokens"]),
+                f"{tr['standard_ms']:.0f}", f"{tr['mar_ms']:.0f}", f"{tr['speedup']:.2f}",
+                f"{inf['standard_ms']:.0f}", f"{inf['mar_ms']:.0f}", f"{inf['speedup']:.2f}",
+                f"{tr['standard_gflops']:.0f}/{tr['mar_gflops']:.0f}", f"{act['standard']:.0f}",
+                f"{act['mar']:.0f}", f"{act['ratio']:.2f}"]  # fmt: skip
+        lines.append(" | ".join(v.rjust(len(c)) for v, c in zip(vals, cols, strict=True)))
+    r0 = res["results"][0]
+    lines.append(
+        f"clips/s train std {r0['train']['standard_clips_per_s']:.3f}, achieved GFLOP/s train std "
+        f"{r0['train']['standard_gflops_per_s']:.0f} / MAR {r0['train']['mar_gflops_per_s']:.0f}, "
+        f"infer std {r0['infer']['standard_gflops_per_s']:.0f} / MAR {r0['infer']['mar_gflops_per_s']:.0f}"
+    )
+    return "\n".join(lines)
+
+
+def plot(res: dict, path: Path) -> None:
+    """Speedup (train, inference) and activation memory against the mask ratio."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = res["results"]
+    x = [100 * r["mask_ratio"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(x, [r["train"]["speedup"] for r in rows], "o-", label="training step")
+    a.plot(x, [r["infer"]["speedup"] for r in rows], "s-", label="inference")
+    a.plot(
+        x, [1 / r["train"]["flops_ratio"] for r in rows], ":", color="gray", label="1 / FLOP ratio (train)"
+    )
+    a.axhline(1.0, color="k", lw=0.5)
+    a.set(xlabel="mask ratio (%)", ylabel="speedup over standard", title="MAR speedup")
+    a.legend()
+    b.plot(x, [r["activation_mb"]["mar"] for r in rows], "o-", label="MAR")
+    b.axhline(rows[0]["activation_mb"]["standard"], color="C3", ls="--", label="standard")
+    b.set(xlabel="mask ratio (%)", ylabel="activation memory (MB)", title="Activation memory", ylim=(0, None))
+    b.legend()
+    fig.suptitle(f"{res['preset']} MAR vs {res['standard_preset']} standard, {res['frames']}x{res['size']}, "
+                 f"batch {res['batch']}, {res['device']}")  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(
+    preset: str, standard_preset: str | None, frames: int, size: int, batch: int, mask_ratio: float,
+    decoder_keep: float, iters: int, warmup: int, device: str, sweep: bool, out: str | None, json: bool,
+) -> int:  # fmt: skip
+    ratios = SWEEP_RATIOS if sweep else (mask_ratio,)
+    res = run(preset, standard_preset, frames, size, batch, ratios, decoder_keep, iters, warmup, device)
+    if not sweep:  # one ratio: its numbers at the top level too
+        res.update({k: res["results"][0][k] for k in ("mask_ratio", "visible_tokens", "decoder_tokens",
+                                                      "train", "infer", "activation_mb")})  # fmt: skip
+    out_dir = Path(out or "bench_step")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "step.json").write_text(jsonlib.dumps(res, indent=2))
+    table = _table(res)
+    (out_dir / "step.md").write_text(table + "\n")
+    if sweep:
+        plot(res, out_dir / "step_sweep.png")
+    if json:
+        print(jsonlib.dumps(res))
+    else:
+        print(table)
+        print(f"wrote {out_dir / 'step.json'}" + (f" and {out_dir / 'step_sweep.png'}" if sweep else ""))
+    return 0

@@ -1,0 +1,104 @@
+"""The shard directory's layout and its ``manifest.json``, shared by convert, verify and the loaders.
+
+Layout of a ``marvit convert`` output directory OUT::
+
+    OUT/manifest.json            classes and, per split, shards (name, samples, sha256), skipped files
+    OUT/{split}-000000.tar       WebDataset shard: KEY.mp4 (H.264), KEY.cls (b"3"), KEY.json (metadata)
+    OUT/{split}-000000.idx       its DALI index (``wds2idx``)
+
+manifest.json::
+
+    {"classes": [name, ...],                       # index order; one list for every split
+     "flip_map": {"0": 1, ...},                   # optional: class index after a horizontal flip
+     "splits": {"train": {"num_samples": int,
+                          "shards": [{"name": "train-000000.tar", "samples": int, "sha256": hex,
+                                      "bytes": int}],
+                          "skipped": [{"path": str, "reason": str}],
+                          "format": {...}, "source": {...}, ...}},
+     "marvit_version": str, "updated": iso time}
+
+Every file is written to a temporary name and renamed into place, so a reader sees the old or the new
+version, never half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+SPLIT_RE = re.compile(r"^[A-Za-z0-9_]{1,32}$")  # no '-' or '.': shard names and keys stay parseable
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+def index_path(tar_path: str | Path) -> Path:
+    """The DALI index beside a shard: same stem, ``.idx``."""
+    p = Path(tar_path)
+    return p.with_name(p.name[: -len(".tar")] + ".idx") if p.name.endswith(".tar") else p.with_suffix(".idx")
+
+
+def split_files_re(split: str) -> re.Pattern[str]:
+    """Every file a conversion of ``split`` may leave: shards, indexes and their temporary versions."""
+    return re.compile(rf"^{re.escape(split)}-\d{{6}}\.(tar|idx)(\.tmp)?$")
+
+
+def check_split(split: str) -> None:
+    if not SPLIT_RE.match(split):
+        raise ValueError(f"split={split!r}: must be 1-32 letters, digits or '_' (it names shards and keys)")
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_manifest(out: str | Path) -> dict | None:
+    """The manifest of ``out`` or None when there is none; a malformed one raises ValueError."""
+    path = Path(out) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        m = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if (
+        not isinstance(m, dict)
+        or not isinstance(m.get("classes"), list)
+        or not isinstance(m.get("splits"), dict)
+    ):
+        raise ValueError(f"{path}: expected an object with 'classes' (a list) and 'splits' (an object)")
+    return m
+
+
+def shard_paths(out: str | Path, split: str) -> list[Path]:
+    """The shards of ``split`` in order, as the manifest lists them."""
+    m = load_manifest(out)
+    if m is None:
+        raise ValueError(f"{out}: no {MANIFEST}; run `marvit convert` first")
+    if split not in m["splits"]:
+        raise ValueError(f"{out}/{MANIFEST}: no split {split!r}; it has {sorted(m['splits'])}")
+    return [Path(out) / s["name"] for s in m["splits"][split]["shards"]]

@@ -1,0 +1,281 @@
+"""The PyAV loader: webdataset shards -> PyAV decoding in DataLoader workers -> torch augmentation.
+
+It runs wherever DALI cannot and has the same semantics as the DALI graph: the same frame indices
+(:mod:`marvit.pipeline.sampling`), one random choice per clip (:mod:`marvit.pipeline.augment`), the same
+batch dicts. Workers hand over uint8 clips (4x smaller than float in shared memory); normalization and
+random erasing run on the device batch.
+
+Splitting, with rank and world size passed explicitly (no reliance on torch.distributed being set up): a
+split with at least ``world_size`` shards is split by shard across ranks (as ``wds.split_by_node``), and a
+rank's shards likewise across its DataLoader workers (as ``wds.split_by_worker``); where there are fewer
+shards than parts, every part reads the same shard stream and keeps every k-th sample, so each sample
+still goes to exactly one worker of one rank. Training shuffles the shard order per epoch (the same order
+on every rank) and samples in a buffer, streams endlessly and stops after ``len(loader)`` =
+``(num_samples // world_size) // batch_size`` batches, the same on every rank; evaluation reads each of
+the rank's samples exactly once.
+
+A video that fails to decode is skipped, counted (``loader.skipped`` lists the keys) and warned about with
+its key; it never stops the run. A sample whose ``.json``/``.cls`` is malformed is a broken shard and
+raises a clear error instead.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import warnings
+from collections.abc import Iterator
+
+import av
+import numpy as np
+import torch
+import webdataset as wds
+from av.video.reformatter import VideoReformatter
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from marvit.config import DataConfig
+from marvit.pipeline import sampling
+from marvit.pipeline.augment import ClipTrainAugment, clip_test_views, erase_clips_, normalize
+from marvit.pipeline.shards import ShardSet, parse_meta
+
+
+def decode_clip(data: bytes, indices: np.ndarray) -> np.ndarray:
+    """Decode the frames at ``indices`` (any order, repeats allowed) of an in-memory video.
+
+    Seeks to the keyframe before the first wanted frame (frame numbers from the stream's rate and
+    timestamps), decodes forward to the last one and converts only wanted frames to RGB with one reused
+    reformatter. Indices past the end repeat the last frame. -> uint8 (len(indices), H, W, 3)"""
+    indices = np.asarray(indices, np.int64).reshape(-1)
+    out = _decode(data, indices, seek=True)
+    return out if out is not None else _decode(data, indices, seek=False)
+
+
+def _decode(data: bytes, indices: np.ndarray, seek: bool) -> np.ndarray | None:
+    """``seek=False`` is the plain path (decode from frame 0, counting frames). With ``seek=True`` it returns
+    None where timestamps cannot be trusted, and the caller falls back to the plain path."""
+    want = set(indices.tolist())
+    first, hi = min(want), max(want)
+    got: dict[int, np.ndarray] = {}
+    ref = VideoReformatter()
+    last_frame, last_i = None, -1
+    with av.open(io.BytesIO(data), mode="r") as c:
+        if not c.streams.video:
+            raise ValueError("no video stream")
+        s = c.streams.video[0]
+        rate, tb, start = s.average_rate, s.time_base, s.start_time or 0
+        i: int | None = 0
+        if seek and first > 0:
+            if not (rate and tb):
+                return None
+            c.seek(start + int(first / (rate * tb)), stream=s, backward=True, any_frame=False)
+            i = None  # learnt from the first decoded frame's timestamp
+        for frame in c.decode(s):
+            if i is None:
+                if frame.pts is None:
+                    return None
+                i = int(round(float((frame.pts - start) * tb * rate)))
+                if i > first:  # the seek overshot
+                    return None
+            if i in want:
+                got[i] = ref.reformat(frame, format="rgb24").to_ndarray()
+            last_frame, last_i = frame, i
+            if i >= hi:
+                break
+            i += 1
+    if last_frame is None:
+        if seek:
+            return None
+        raise ValueError("no decodable frames")
+    if last_i not in got:  # the video ended early: its last frame stands in for the rest
+        got[last_i] = ref.reformat(last_frame, format="rgb24").to_ndarray()
+    return np.stack([got[min(int(k), last_i)] for k in indices])
+
+
+def _plan(n_shards: int, rank: int, world_size: int, worker: int, workers: int) -> tuple[slice, int, int]:
+    """Which shards (a slice of the shard order) this worker of this rank reads, and the sample filter
+    ``i % k == j`` over the stream of those shards."""
+    if n_shards >= world_size:
+        node = slice(rank, None, world_size)  # by shard across ranks (split_by_node)
+        if len(range(n_shards)[node]) >= workers:  # and by shard across this rank's workers
+            return slice(rank + world_size * worker, None, world_size * workers), 1, 0
+        return node, workers, worker
+    return slice(None), world_size * workers, rank + world_size * worker
+
+
+class _ClipStream(IterableDataset):
+    """Per worker: its shards -> samples -> decoded, sampled, augmented clips -> batches (uint8)."""
+
+    def __init__(self, shards: ShardSet, cfg: DataConfig, train: bool, rank: int, world_size: int, seed: int,
+                 epoch: int) -> None:  # fmt: skip
+        self.shards, self.cfg, self.train = shards, cfg, train
+        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, epoch
+        self.ids = shards.key_ids() if shards.index_paths is not None else None
+
+    def _worker(self) -> tuple[int, int]:
+        wi = get_worker_info()
+        return (wi.id, wi.num_workers) if wi is not None else (0, 1)
+
+    def _samples(self, worker: int, workers: int, rng: np.random.Generator) -> Iterator[tuple[dict, int]]:
+        """(raw sample, global id) for this worker; endless and shuffled in training, one pass otherwise."""
+        sel, k, j = _plan(len(self.shards.urls), self.rank, self.world_size, worker, workers)
+        for cycle in itertools.count():
+            order = list(range(len(self.shards.urls)))
+            if self.train:  # the same permutation on every rank and worker
+                order = list(np.random.default_rng([self.seed, self.epoch, cycle]).permutation(order))
+            mine = order[sel]
+            urls = [{"url": self.shards.urls[s], "shard": s} for s in mine]
+            stream = wds.tarfile_to_samples(handler=wds.warn_and_continue)(iter(urls))
+            pos: dict[str, int] = {}
+            for i, sample in enumerate(stream):
+                url = sample["__url__"]
+                p = pos.get(url, 0)
+                pos[url] = p + 1
+                if i % k != j:
+                    continue
+                if self.ids is not None:
+                    gid = self.ids.get((url, sample["__key__"]), -1)
+                else:
+                    gid = self.shards.starts[self.shards.urls.index(url)] + p
+                yield sample, gid
+            if not self.train:
+                return
+
+    def _shuffled(self, it: Iterator, rng: np.random.Generator, size: int = 64) -> Iterator:
+        buf: list = []
+        for x in it:
+            buf.append(x)
+            if len(buf) >= size:
+                yield buf.pop(int(rng.integers(len(buf))))
+        rng.shuffle(buf)
+        yield from buf
+
+    def _clip(self, sample: dict, gid: int, rng: np.random.Generator, aug: ClipTrainAugment | None,
+              out: np.ndarray):  # fmt: skip
+        """One sample -> its views written to ``out`` (V, T, S, S, 3) uint8; returns its V labels, or the key
+        of a video that does not decode (a skip marker)."""
+        cfg = self.cfg
+        where = f"{sample.get('__url__')} sample {sample.get('__key__')!r}"
+        for ext in ("mp4", "cls", "json"):
+            if ext not in sample:
+                raise ValueError(f"{where}: no .{ext} member; every sample needs .mp4, .cls and .json")
+        n, label = parse_meta(sample["json"], sample["cls"], where)
+        clips = 1 if self.train else cfg.test_clips
+        u = rng.random(cfg.num_frames)
+        idx = sampling.clip_indices(cfg.sampling, n, cfg.num_frames, cfg.sampling_rate, self.train, clips, u)
+        try:
+            frames = decode_clip(sample["mp4"], idx.reshape(-1))
+        except (av.error.FFmpegError, ValueError, IndexError, OSError) as e:
+            warnings.warn(f"skipping {where}: the video does not decode ({e})", stacklevel=2)
+            return sample.get("__key__", "?")
+        if not self.train:
+            clip_test_views(frames, clips, cfg, out=out)
+            return [label] * out.shape[0]
+        labels = []
+        for r in range(cfg.repeated_aug):
+            _, flipped = aug(frames, out=out[r])
+            labels.append(cfg.flip_label_map.get(label, label) if flipped and cfg.flip_label_map else label)
+        return labels
+
+    def __iter__(self):
+        worker, workers = self._worker()
+        rng = np.random.default_rng([self.seed, self.rank, worker, self.epoch])
+        aug = ClipTrainAugment(self.cfg) if self.train else None
+        it = self._samples(worker, workers, rng)
+        if self.train:
+            it = self._shuffled(it, rng)
+        cfg = self.cfg
+        b = cfg.batch_size
+        v = cfg.repeated_aug if self.train else cfg.test_clips * cfg.test_crops
+        shape = (b, v, cfg.num_frames, cfg.img_size, cfg.img_size, 3)
+        # Clips are written straight into the batch; in a worker it lives in shared memory from the start,
+        # so handing it to the main process copies nothing.
+        in_worker = get_worker_info() is not None
+        buf, labels, ids, skipped = None, [], [], []
+        for sample, gid in it:
+            if buf is None:
+                buf = torch.empty(shape, dtype=torch.uint8)
+                if in_worker:
+                    buf.share_memory_()
+            out = self._clip(sample, gid, rng, aug, buf[len(ids)].numpy())
+            if isinstance(out, str):
+                skipped.append(out)
+                continue
+            labels.extend(out)
+            ids.append(gid)
+            if len(ids) == b:
+                yield self._batch(buf, labels, ids, skipped, v)
+                buf, labels, ids, skipped = None, [], [], []
+        if ids or skipped:  # evaluation: the partial tail (and any skips after the last full batch)
+            yield self._batch(buf, labels, ids, skipped, v)
+
+    def _batch(self, buf: torch.Tensor | None, labels: list, ids: list, skipped: list, v: int) -> dict:
+        out: dict = {"skipped": list(skipped)}
+        if not ids:
+            return out
+        out["video"] = buf[: len(ids)].flatten(0, 1)  # (B * V, T, S, S, 3) uint8
+        out["label"] = torch.tensor(labels, dtype=torch.int64)
+        if not self.train:
+            out["video_id"] = torch.tensor(ids, dtype=torch.int64).repeat_interleave(v)
+            out["view"] = torch.arange(v).repeat(len(ids))
+        return out
+
+
+class PyavLoader:
+    """Iterable of batches from PyAV DataLoader workers. Re-iterable; ``set_epoch`` reshuffles."""
+
+    def __init__(self, shards: ShardSet, cfg: DataConfig, *, train: bool, rank: int = 0, world_size: int = 1,
+                 device: torch.device | str = "cpu", seed: int = 0, epoch: int = 0) -> None:  # fmt: skip
+        self.shards, self.cfg, self.train = shards, cfg, train
+        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, epoch
+        self.device = torch.device(device)
+        self.skipped: list[str] = []  # keys of samples whose video did not decode, over all epochs
+        if train and shards.num_samples // world_size < cfg.batch_size:
+            raise ValueError(
+                f"{shards.urls[0]}...: {shards.num_samples} samples cannot fill one training batch of "
+                f"{cfg.batch_size} on each of {world_size} ranks; lower data.batch_size"
+            )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _workers(self) -> int:
+        return self.cfg.num_workers
+
+    def __len__(self) -> int:
+        b = self.cfg.batch_size
+        if self.train:
+            return (self.shards.num_samples // self.world_size) // b
+        total = 0
+        workers = max(1, self._workers())
+        for w in range(workers):
+            sel, k, j = _plan(len(self.shards.urls), self.rank, self.world_size, w, workers)
+            stream = sum(self.shards.counts[sel])
+            total += -(-len(range(j, stream, k)) // b)
+        return total
+
+    def __iter__(self):
+        ds = _ClipStream(self.shards, self.cfg, self.train, self.rank, self.world_size, self.seed, self.epoch)
+        workers = self._workers()
+        gen = torch.Generator().manual_seed(hash((self.seed, self.rank, self.epoch)) % (1 << 62))
+        dl = DataLoader(
+            ds, batch_size=None, num_workers=workers, generator=gen, pin_memory=self.device.type == "cuda",
+            prefetch_factor=4 if workers else None,
+        )  # fmt: skip
+        it = iter(dl)
+        n = len(self)
+        done = 0
+        try:
+            for batch in it:
+                self.skipped.extend(batch.pop("skipped"))
+                if "video" not in batch:
+                    continue
+                out = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                out["video"] = normalize(out["video"], self.cfg.mean, self.cfg.std)  # (B, 3, T, S, S) float
+                if self.train:
+                    erase_clips_(out["video"], self.cfg.reprob)
+                yield out
+                done += 1
+                if self.train and done >= n:
+                    break
+        finally:
+            del it  # stops the workers of an endless training stream

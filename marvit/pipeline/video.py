@@ -1,0 +1,284 @@
+"""PyAV helpers shared by the synthetic data set, the converter and the verifier.
+
+Three jobs: ``probe`` opens a video (a path or bytes) and decodes it completely to learn its true frame
+count, which is the only count that can be trusted in real data sets (AVI and WebM headers often carry
+none, truncated files claim more than they hold); ``decode_frames`` returns ``uint8 (T, H, W, 3)`` RGB;
+``encode_h264`` / ``transcode_h264`` write H.264 yuv420p in mp4 with a short *closed* GOP and no
+B-frames, so a decoder (DALI's included) can seek to any keyframe and decode a clip from there.
+
+Every conversion goes through one ``VideoReformatter`` per stream: PyAV's ``frame.to_ndarray`` builds a
+new swscale context per frame, which costs about 4x the time of reusing one. Conversions run on one
+swscale thread (the process pool supplies the parallelism).
+
+Determinism: the same frames usually encode to the same bytes, but not always: libx264 here produced a
+different stream for about 1 encode in 100 on tiny frames (32-34 px) even with one thread, so callers
+that need reproducibility should compare decoded pixels with a tolerance, or the rendered input.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from av.video.frame import PictureType
+from av.video.reformatter import Interpolation, VideoReformatter
+
+Source = str | Path | bytes
+
+# Encoder defaults: a GOP of 16 frames bounds the frames decoded in vain before a sampled clip.
+DEFAULT_GOP = 16
+DEFAULT_CRF = 20
+DEFAULT_PRESET = "veryfast"
+DEFAULT_FPS = 30
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """The start method for the decode/encode process pools: fork where the OS has it.
+
+    The workers only run PyAV and numpy, which are fork-safe (as PyTorch's DataLoader relies on), and a
+    forked worker starts at once; a spawned one re-imports ``marvit.pipeline``, whose loaders pull in
+    torch and timm (seconds per worker).
+    """
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+class VideoError(ValueError):
+    """A file that is not a usable video; the message says why (empty, no video stream, no frames, ...)."""
+
+
+@dataclass
+class VideoInfo:
+    """What ``probe`` learned by decoding the whole stream."""
+
+    codec: str
+    container: str
+    pix_fmt: str
+    width: int
+    height: int
+    frames: int  # frames actually decoded
+    declared_frames: int  # frames the container claims (0 when unknown)
+    fps: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _open(src: Source) -> av.container.InputContainer:
+    if isinstance(src, bytes):
+        if not src:
+            raise VideoError("empty file (0 bytes)")
+        return av.open(io.BytesIO(src), mode="r")
+    path = Path(src)
+    if path.stat().st_size == 0:
+        raise VideoError("empty file (0 bytes)")
+    return av.open(str(path), mode="r")
+
+
+def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        raise VideoError("no video stream")
+    return container.streams.video[0]
+
+
+def _rate(stream: av.video.stream.VideoStream) -> Fraction:
+    for rate in (stream.average_rate, stream.guessed_rate, stream.base_rate):
+        if rate and 0 < float(rate) < 1000:
+            return Fraction(rate).limit_denominator(100000)
+    return Fraction(DEFAULT_FPS)
+
+
+def even_size_for_short_side(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+    """Output (width, height) with the short side scaled to ``short_side``, never upscaled, both even.
+
+    yuv420p needs even sides, so an odd side is rounded down by one pixel (a negligible stretch).
+    """
+    s = min(width, height)
+    scale = min(1.0, short_side / s) if short_side else 1.0
+    w = max(2, int(round(width * scale / 2)) * 2)
+    h = max(2, int(round(height * scale / 2)) * 2)
+    if w > width:
+        w -= 2
+    if h > height:
+        h -= 2
+    return max(2, w), max(2, h)
+
+
+def _iter_decoded(container: av.container.InputContainer, stream) -> Iterator[av.VideoFrame]:
+    """Decode every frame; a decoder error becomes a VideoError naming the frame it happened at."""
+    n = 0
+    try:
+        for frame in container.decode(stream):
+            n += 1
+            yield frame
+    except av.error.FFmpegError as e:
+        raise VideoError(f"decode error after {n} frames: {e}") from e
+
+
+def _check_count(decoded: int, declared: int) -> None:
+    if decoded == 0:
+        raise VideoError("no decodable frames")
+    # A file cut short keeps its header's claim; allow the few frames edit lists and priming drop.
+    if declared > 0 and decoded < declared - max(2, declared // 20):
+        raise VideoError(f"truncated: decoded {decoded} of {declared} declared frames")
+
+
+def probe(src: Source, threads: int = 0) -> VideoInfo:
+    """Open ``src`` and decode it fully; raises VideoError (or an FFmpeg error) when it is unusable."""
+    with _open(src) as container:
+        stream = _video_stream(container)
+        if threads != 1:
+            stream.thread_type = "AUTO"
+        n = sum(1 for _ in _iter_decoded(container, stream))
+        declared = int(stream.frames or 0)
+        _check_count(n, declared)
+        return VideoInfo(
+            codec=stream.codec_context.name,
+            container=container.format.name,
+            pix_fmt=str(stream.codec_context.pix_fmt),
+            width=stream.codec_context.width,
+            height=stream.codec_context.height,
+            frames=n,
+            declared_frames=declared,
+            fps=float(_rate(stream)),
+        )
+
+
+def decode_frames(src: Source, indices: Iterable[int] | None = None, threads: int = 0) -> np.ndarray:
+    """Decode to ``uint8 (T, H, W, 3)`` RGB: every frame, or those at ``indices`` (repeats allowed)."""
+    wanted = None if indices is None else list(indices)
+    keep = None if wanted is None else set(wanted)
+    last = None if wanted is None else (max(wanted) if wanted else -1)
+    frames: dict[int, np.ndarray] = {}
+    out: list[np.ndarray] = []
+    reformatter = VideoReformatter()
+    with _open(src) as container:
+        stream = _video_stream(container)
+        if threads != 1:
+            stream.thread_type = "AUTO"
+        for i, frame in enumerate(_iter_decoded(container, stream)):
+            if keep is None or i in keep:
+                rgb = reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+                if keep is None:
+                    out.append(rgb)
+                else:
+                    frames[i] = rgb
+            if last is not None and i >= last:
+                break
+    if wanted is None:
+        if not out:
+            raise VideoError("no decodable frames")
+        return np.stack(out)
+    missing = sorted(set(wanted) - frames.keys())
+    if missing:
+        raise VideoError(f"frame indices {missing[:5]} out of range (the video has fewer frames)")
+    return np.stack([frames[i] for i in wanted]) if wanted else np.zeros((0, 0, 0, 3), np.uint8)
+
+
+def _h264_stream(container: av.container.OutputContainer, width: int, height: int, rate: Fraction,
+                 gop: int, crf: int, preset: str, threads: int):  # fmt: skip
+    stream = container.add_stream("libx264", rate=rate)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    # closed GOP of fixed length, no B-frames, no scene-cut keyframes: every GOP starts decodable
+    stream.codec_context.gop_size = gop
+    stream.codec_context.max_b_frames = 0
+    stream.codec_context.thread_count = threads
+    stream.options = {
+        "preset": preset,
+        "crf": str(crf),
+        "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:open-gop=0",
+    }
+    return stream
+
+
+def encode_h264(frames: Iterable[np.ndarray], fps: float | Fraction = DEFAULT_FPS, gop: int = DEFAULT_GOP,
+                crf: int = DEFAULT_CRF, preset: str = DEFAULT_PRESET, threads: int = 0) -> bytes:  # fmt: skip
+    """Encode RGB ``uint8 (H, W, 3)`` frames (even H and W) to H.264 yuv420p mp4 bytes."""
+    buf = io.BytesIO()
+    rate = Fraction(fps).limit_denominator(100000)
+    reformatter = VideoReformatter()
+    n = 0
+    with av.open(buf, mode="w", format="mp4") as out:
+        stream = None
+        for arr in frames:
+            arr = np.ascontiguousarray(arr, dtype=np.uint8)
+            if arr.ndim != 3 or arr.shape[2] != 3:
+                raise ValueError(f"encode_h264: frame {n} has shape {arr.shape}; expected (H, W, 3) uint8")
+            if stream is None:
+                h, w = arr.shape[:2]
+                if h % 2 or w % 2:
+                    raise ValueError(f"encode_h264: frame size {w}x{h} must be even for yuv420p")
+                stream = _h264_stream(out, w, h, rate, gop, crf, preset, threads)
+            rgb = av.VideoFrame.from_ndarray(arr, format="rgb24")
+            frame = reformatter.reformat(rgb, format="yuv420p", threads=1)
+            frame.pts, frame.time_base = n, 1 / rate
+            for packet in stream.encode(frame):
+                out.mux(packet)
+            n += 1
+        if stream is None:
+            raise ValueError("encode_h264: no frames given")
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return buf.getvalue()
+
+
+def transcode_h264(
+    src: Source,
+    short_side: int | None = None,
+    gop: int = DEFAULT_GOP,
+    crf: int = DEFAULT_CRF,
+    preset: str = DEFAULT_PRESET,
+    threads: int = 0,
+) -> tuple[bytes, VideoInfo, VideoInfo]:
+    """Decode ``src`` and re-encode it to H.264 mp4 bytes at ``short_side`` (never upscaled).
+
+    Returns (bytes, info of the source, info of the output). The source is decoded exactly once; a
+    decode error anywhere in it raises VideoError, so a damaged file never yields a silently short clip.
+    """
+    buf = io.BytesIO()
+    reformatter = VideoReformatter()
+    n = 0
+    with _open(src) as container:
+        stream = _video_stream(container)
+        if threads != 1:
+            stream.thread_type = "AUTO"
+        rate = _rate(stream)
+        declared = int(stream.frames or 0)
+        src_w = src_h = 0
+        with av.open(buf, mode="w", format="mp4") as out:
+            ostream = None
+            for frame in _iter_decoded(container, stream):
+                if ostream is None:
+                    src_w, src_h = frame.width, frame.height
+                    w, h = even_size_for_short_side(src_w, src_h, short_side)
+                    ostream = _h264_stream(out, w, h, rate, gop, crf, preset, threads)
+                yuv = reformatter.reformat(
+                    frame, width=w, height=h, format="yuv420p", interpolation=Interpolation.AREA,
+                    threads=1,
+                )  # fmt: skip
+                yuv.pts, yuv.time_base = n, 1 / rate  # constant frame rate in the encoder's time base
+                yuv.pict_type = PictureType.NONE  # else x264 keeps the source's keyframes as forced I-frames
+                for packet in ostream.encode(yuv):
+                    out.mux(packet)
+                n += 1
+            _check_count(n, declared)
+            for packet in ostream.encode(None):
+                out.mux(packet)
+        src_info = VideoInfo(
+            codec=stream.codec_context.name,
+            container=container.format.name,
+            pix_fmt=str(stream.codec_context.pix_fmt),
+            width=src_w,
+            height=src_h,
+            frames=n,
+            declared_frames=declared,
+            fps=float(rate),
+        )
+    out_info = VideoInfo("h264", "mp4", "yuv420p", w, h, n, n, float(rate))
+    return buf.getvalue(), src_info, out_info
