@@ -65,7 +65,7 @@ data:
   cutmix: 0.0
   label_smoothing: 0.1
 train:
-  epochs: 12
+  epochs: 30
   warmup_epochs: 1
   base_lr: 0.001
   scale_lr: false
@@ -78,7 +78,7 @@ train:
 
 # the synthetic data set and the pretraining length
 DEMO_DATA = {"classes": 6, "per_class": 48, "frames": 32, "size": 64, "seed": 0, "val_fraction": 0.25}
-PRETRAIN_EPOCHS = 12
+PRETRAIN_EPOCHS = 30
 
 
 def demo_config() -> Config:
@@ -139,7 +139,6 @@ def main(out: str = "demo_out", quick: bool = False) -> int:
                       short_side=data["size"], workers=2)  # fmt: skip
     manifest = json.loads((shards / "manifest.json").read_text())
     cfg.data.root = str(shards)
-    cfg.data.flip_label_map = {int(k): int(v) for k, v in (manifest.get("flip_map") or {}).items()} or None
     cfg.model.num_classes = len(manifest["classes"])
     timings["data_s"] = time.perf_counter() - t0
 
@@ -223,7 +222,9 @@ def _plots(out_dir: Path, cfg: Config, results: dict, pretrained_dir: Path) -> d
     for name in ("pretrain", "standard", "mar"):
         recs = [r for r in _metrics(out_dir / name) if "loss" in r]
         key = "mse" if name == "pretrain" else "ce"
-        axes[0 if name == "pretrain" else 1].plot([r["step"] for r in recs], [r[key] for r in recs], label=name)
+        axes[0 if name == "pretrain" else 1].plot(
+            [r["step"] for r in recs], [r[key] for r in recs], label=name
+        )
     axes[0].set_title("VideoMAE pretraining (MSE)")
     axes[1].set_title("fine-tuning (cross-entropy)")
     for ax in axes:

@@ -132,9 +132,11 @@ class _FixedLogits(torch.nn.Module):
 
 
 def test_multiview_scores_are_averaged_after_softmax():
-    # video 0: views favour class 1 once strongly and class 2 twice weakly; averaged softmax -> class 1
-    rows = {0: [1, 0, 9, 0], 1: [0, 0, 0.5, 0], 2: [0, 0, 0.5, 0], 3: [0, 3, 0, 0], 4: [5, 0, 0, 0],
-            5: [0, 0, 0, 4]}  # fmt: skip
+    # video 0 (class 2): one strong view and two weak ones, all for class 2.
+    # video 1 (class 3): two views weakly prefer class 1, one strongly prefers class 3: a majority vote over
+    # the views' argmaxes says 1, the average of the softmax scores says 3.
+    rows = {0: [1, 0, 9, 0], 1: [0, 0, 0.5, 0], 2: [0, 0, 0.5, 0], 3: [0, 1.0, 0, 0.9], 4: [0, 1.0, 0, 0.9],
+            5: [0, 0, 0, 8]}  # fmt: skip
     table = {k: torch.tensor(v, dtype=torch.float) for k, v in rows.items()}
     row_ids = torch.arange(6, dtype=torch.float)
     video = row_ids.view(6, 1, 1, 1, 1).expand(6, 3, 2, 2, 2).clone()
@@ -148,7 +150,7 @@ def test_multiview_scores_are_averaged_after_softmax():
     assert res["num_videos"] == 2
     assert res["top1"] == pytest.approx(100 * sum(expect) / 2)
     assert p0.argmax() == 2 and p1.argmax() == 3 and res["top1"] == 100.0
-    # a majority vote over argmaxes would say video 1 is class 1 (views 3, 4 disagree with 5): not what we do
+    assert [int(table[i].argmax()) for i in (3, 4, 5)] == [1, 1, 3]  # the vote would be wrong
     assert res["top5"] == 100.0
 
 

@@ -18,6 +18,16 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def _data_backend() -> str:
+    """What ``data.backend=auto`` picks here, and where DALI decodes."""
+    from marvit.pipeline import resolve_backend
+
+    backend = resolve_backend("auto")
+    if backend == "dali":
+        return "dali (mixed: GPU decode)" if torch.cuda.is_available() else "dali (cpu decode)"
+    return backend
+
+
 def collect() -> dict:
     cuda = torch.cuda.is_available()
     info = {
@@ -44,6 +54,7 @@ def collect() -> dict:
         "cuda": torch.version.cuda if cuda else None,
         "cpu_threads": torch.get_num_threads(),
         "kernels": describe(),
+        "data_backend": _data_backend(),
     }
     return info
 

@@ -23,7 +23,9 @@ from marvit.model.decoder import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from marvit.model.masking import num_visible  # noqa: E402
 
 
-def plot_masks(path: str | Path, grid: tuple[int, int, int] = (8, 14, 14), ratio: float = 0.5, seed: int = 0) -> Path:
+def plot_masks(
+    path: str | Path, grid: tuple[int, int, int] = (8, 14, 14), ratio: float = 0.5, seed: int = 0
+) -> Path:
     """One row per strategy, one column per time slice; black = masked. Eval mask for cell running."""
     strategies = [s for s in MASK_STRATEGIES if s != "none"]
     t = grid[0]
@@ -74,7 +76,11 @@ def reconstruct(model, video: torch.Tensor, ratio: float) -> dict[str, torch.Ten
     masked[m] = 0.5
     shape = dict(t=grid[0], h=grid[1], w=grid[2], p0=t_, p1=p, p2=p)
     back = "(t h w) (p0 p1 p2) c -> c (t p0) (h p1) (w p2)"
-    return {"original": raw, "masked": rearrange(masked, back, **shape), "reconstruction": rearrange(out, back, **shape)}
+    return {
+        "original": raw,
+        "masked": rearrange(masked, back, **shape),
+        "reconstruction": rearrange(out, back, **shape),
+    }
 
 
 def plot_reconstruction(path: str | Path, images: dict[str, torch.Tensor], frames: int = 8) -> Path:

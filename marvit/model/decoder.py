@@ -40,7 +40,7 @@ class Decoder(nn.Module):
         x = torch.cat([x_vis + pos[visible_idx], mask_token.expand(b, n_t, -1) + pos[target_idx]], dim=1)
         for blk in self.blocks:
             x = blk(x)
-        return self.head(self.norm(x[:, -n_t:]))  # only the positions to reconstruct
+        return self.head(self.norm(x[:, x.shape[1] - n_t :]))  # only the positions to reconstruct
 
 
 def tubelet_targets(

@@ -112,6 +112,10 @@ def check_data(cfg: Config) -> None:
         raise ConfigError(
             f"data.root={root!r}: the manifest has no 'train' split (has {sorted(info.get('splits', {}))})"
         )
+    if cfg.data.flip and cfg.data.flip_label_map is None and info.get("flip_map"):
+        # the data set declares which classes swap under a horizontal flip (e.g. move_left <-> move_right)
+        cfg.data.flip_label_map = {int(k): int(v) for k, v in info["flip_map"].items()}
+        print(f"data.flip_label_map from {manifest}: {cfg.data.flip_label_map}")
     n = len(info.get("classes", []))
     if cfg.train.scheme != "pretrain" and n != cfg.model.num_classes:
         raise ConfigError(
@@ -133,7 +137,7 @@ def train_indices(
                      generator=generator, cell=cfg.mask.cell, spatial=cfg.mask.spatial,
                      temporal=cfg.mask.temporal, device=device)  # fmt: skip
     vis, msk = split_indices(mask, n_vis)  # (B, N_vis), (B, N - N_vis)
-    if not with_targets:
+    if not with_targets or msk.shape[1] == 0:  # nothing masked: nothing to reconstruct
         return vis, None
     tgt = msk
     if cfg.train.decoder_keep < 1:  # a random, sorted subset of the masked tokens
