@@ -15,12 +15,25 @@ Training batches hold ``batch_size * repeated_aug`` rows (repeated augmentation 
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING, Any
 
 from marvit.config import DataConfig
-from marvit.pipeline.augment import VideoMixup, mixup_fn
+
+if TYPE_CHECKING:
+    import torch
+
+    from marvit.pipeline.augment import VideoMixup, mixup_fn
 
 __all__ = ["build_loader", "mixup_fn", "VideoMixup", "resolve_backend"]
+
+
+def __getattr__(name: str) -> Any:
+    # augmentation pulls in timm: imported on first use, so `marvit synth/convert/verify` start fast
+    if name in ("VideoMixup", "mixup_fn"):
+        from marvit.pipeline import augment
+
+        return getattr(augment, name)
+    raise AttributeError(f"module 'marvit.pipeline' has no attribute {name!r}")
 
 
 def resolve_backend(backend: str) -> str:
