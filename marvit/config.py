@@ -251,6 +251,8 @@ class TrainConfig:
     # reconstruct only this fraction of the masked tokens in the decoder (1.0 = all, as the paper)
     decoder_keep: float = 1.0
     pretrain_mask_ratio: float = 0.9
+    # activation checkpointing of the bridging and decoder blocks: less memory, a few % more compute
+    checkpoint_heads: bool = False
     amp: bool = True  # bf16 autocast on CUDA; ignored on a CPU
     seed: int = 0
     device: str = "auto"

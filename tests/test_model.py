@@ -133,3 +133,22 @@ def test_mar_loss_combines_terms():
     soft = torch.nn.functional.one_hot(target, 5).float()
     torch.testing.assert_close(mar_loss(logits, soft)["loss"], ce)
     assert "mse" not in mar_loss(logits, target, pred, px, recon_weight=0.0)
+
+
+def test_checkpointed_heads_give_the_same_gradients():
+    torch.manual_seed(5)
+    cfg = _small("vit_s")
+    cfg.drop_path = cfg.head_dropout = 0.0
+    a = build_model(cfg)
+    b = build_model(cfg)
+    b.load_state_dict(a.state_dict())
+    b.set_grad_checkpointing(True)
+    video = torch.randn(2, 3, 4, 32, 32)
+    mask = make_mask("cell_running", 0.5, cfg.grid, batch=2)
+    vis, msk = split_indices(mask, num_visible("cell_running", 0.5, cfg.grid))
+    for m in (a, b):
+        out = m(video, vis, msk)
+        mar_loss(out["logits"], torch.tensor([1, 2]), out["pred"], m.targets(video, msk), 0.1)["loss"].backward()
+    for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, atol=1e-6, rtol=1e-5, msg=n)
+    assert b.decoder.grad_checkpointing and b.head.grad_checkpointing

@@ -237,7 +237,7 @@ def _compare(std_ms: list[float], mar_ms: list[float], std_gf: float, mar_gf: fl
 def run(
     preset: str = "vit_b", standard_preset: str | None = None, frames: int = 16, size: int = 224,
     batch: int = 2, ratios: Iterable[float] = (0.5,), decoder_keep: float = 1.0, iters: int = 5,
-    warmup: int = 1, device: str = "auto", progress: bool = True,
+    warmup: int = 1, device: str = "auto", progress: bool = True, checkpoint_heads: bool = False,
 ) -> dict:  # fmt: skip
     """Time the standard scheme against MAR at each ratio (one MAR model serves every ratio)."""
     ratios = list(ratios)
@@ -252,6 +252,7 @@ def run(
 
     std_model = build_model(std_cfg.model, with_decoder=False, device=dev).train()
     mar_model = build_model(mar_cfgs[0].model, with_decoder=True, device=dev).train()
+    mar_model.set_grad_checkpointing(checkpoint_heads)  # as train.checkpoint_heads does
     std_opt = build_optimizer(std_model, std_cfg.train, 1e-4)
     mar_opt = build_optimizer(mar_model, mar_cfgs[0].train, 1e-4)
     gen = torch.Generator(device=dev).manual_seed(0)
@@ -289,7 +290,16 @@ def run(
     for (name, *_), cfg in zip(jobs[1:], mar_cfgs, strict=True):
         r = cfg.mask.ratio
         fl = count_flops(cfg.model, "cell_running", r, train=True, decoder_keep=decoder_keep)
-        std_mem, mar_mem = memory["standard"], memory[name]
+        std_mem, mar_mem = dict(memory["standard"]), dict(memory[name])
+        # checkpointed blocks keep their inputs through checkpoint's own saved-tensor hooks, which hide
+        # them from ours: add them (B x tokens x width x 4 bytes per block) to the saved-tensor count
+        kept_mb = 0.0
+        if checkpoint_heads:
+            m, n_vis = cfg.model, fl["visible_tokens"]
+            n_dec = n_vis + (fl["decoder_tokens"] if recon_weight(cfg) > 0 else 0)
+            kept = m.bridge_depth * n_vis * m.bridge_dim + m.decoder_depth * n_dec * m.decoder_dim
+            kept_mb = batch * kept * 4 / 2**20
+            mar_mem["saved_tensor_mb"] += kept_mb
         rows.append({
             "mask_ratio": r,
             "tokens": cfg.model.num_tokens,
@@ -303,6 +313,7 @@ def run(
                 "method": "cuda max_memory_allocated delta over the forward" if dev.type == "cuda"
                 else "saved_tensors_hooks: unique storages saved for backward, parameters/buffers excluded",
                 "standard_saved_tensor_mb": std_mem["saved_tensor_mb"], "mar_saved_tensor_mb": mar_mem["saved_tensor_mb"],
+                "mar_checkpointed_inputs_mb": kept_mb,
             },
         })  # fmt: skip
     return {
@@ -388,9 +399,12 @@ def plot(res: dict, path: Path) -> None:
 def main(
     preset: str, standard_preset: str | None, frames: int, size: int, batch: int, mask_ratio: float,
     decoder_keep: float, iters: int, warmup: int, device: str, sweep: bool, out: str | None, json: bool,
+    checkpoint_heads: bool = False,
 ) -> int:  # fmt: skip
     ratios = SWEEP_RATIOS if sweep else (mask_ratio,)
-    res = run(preset, standard_preset, frames, size, batch, ratios, decoder_keep, iters, warmup, device)
+    res = run(preset, standard_preset, frames, size, batch, ratios, decoder_keep, iters, warmup, device,
+              checkpoint_heads=checkpoint_heads)  # fmt: skip
+    res["checkpoint_heads"] = checkpoint_heads
     if not sweep:  # one ratio: its numbers at the top level too
         res.update({k: res["results"][0][k] for k in ("mask_ratio", "visible_tokens", "decoder_tokens",
                                                       "train", "infer", "activation_mb")})  # fmt: skip

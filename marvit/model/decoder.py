@@ -11,7 +11,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from marvit.model.layers import Block, LayerNorm, sinusoid_table
+from marvit.model.layers import Block, LayerNorm, run_blocks, sinusoid_table
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -26,6 +26,7 @@ class Decoder(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, bias="qv") for _ in range(depth))
         self.norm = LayerNorm(dim)
         self.head = nn.Linear(dim, out_dim)
+        self.grad_checkpointing = False
 
     def forward(
         self,
@@ -38,8 +39,7 @@ class Decoder(nn.Module):
         pos = self.pos_embed.to(x_vis.dtype)
         b, n_t = target_idx.shape
         x = torch.cat([x_vis + pos[visible_idx], mask_token.expand(b, n_t, -1) + pos[target_idx]], dim=1)
-        for blk in self.blocks:
-            x = blk(x)
+        x = run_blocks(self.blocks, x, self.grad_checkpointing)
         return self.head(self.norm(x[:, x.shape[1] - n_t :]))  # only the positions to reconstruct
 
 

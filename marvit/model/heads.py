@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from marvit.model.layers import Block, LayerNorm
+from marvit.model.layers import Block, LayerNorm, run_blocks
 
 
 class LinearHead(nn.Module):
@@ -36,9 +36,9 @@ class BridgingClassifier(nn.Module):
         self.norm = LayerNorm(width)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(width, num_classes)
+        self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N_vis, D) -> (B, classes)
         x = self.proj(x)  # (B, N_vis, width)
-        for blk in self.blocks:
-            x = blk(x)
+        x = run_blocks(self.blocks, x, self.grad_checkpointing)
         return self.fc(self.dropout(self.norm(x.mean(dim=1))))

@@ -12,6 +12,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from einops import rearrange
 from timm.layers import DropPath, Mlp
 from torch import nn
@@ -73,6 +74,17 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
+    """Run ``blocks`` in order; with ``checkpoint`` (and grad enabled) keep only each block's input and
+    recompute its activations in backward: memory for compute, for the training-only heads."""
+    for blk in blocks:
+        if checkpoint and torch.is_grad_enabled():
+            x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+        else:
+            x = blk(x)
+    return x
 
 
 def init_weights(module: nn.Module) -> None:

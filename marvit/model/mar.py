@@ -83,6 +83,17 @@ class MARModel(nn.Module):
             out["pred"] = self.forward_decoder(tokens, visible_idx, target_idx)
         return out
 
+    def set_grad_checkpointing(self, heads: bool = True) -> None:
+        """Activation checkpointing of the training-only parts (bridging blocks, decoder blocks).
+
+        They hold a large share of MAR's activations (the decoder runs over every token); checkpointing
+        keeps only their block inputs and recomputes the rest in backward, a few percent more compute.
+        """
+        if isinstance(self.head, BridgingClassifier):
+            self.head.grad_checkpointing = heads
+        if self.with_decoder:
+            self.decoder.grad_checkpointing = heads
+
     # ---- optimizer metadata ----------------------------------------------------------------------
     def no_weight_decay(self) -> set[str]:
         """Names excluded from weight decay besides norms and biases (which the optimizer finds by ndim)."""

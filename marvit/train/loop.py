@@ -223,6 +223,7 @@ def train(cfg: Config) -> int:
     # ---- model ----------------------------------------------------------------------------------
     recon_weight = 1.0 if scheme == "pretrain" else (tc.recon_weight if scheme == "mar" else 0.0)
     model = build_model(cfg.model, with_decoder=recon_weight > 0).to(device)
+    model.set_grad_checkpointing(tc.checkpoint_heads)
     if scheme == "pretrain":
         model.head = torch.nn.Identity()  # no labels: no head to train, store or hand to fine-tuning
     resume = latest_checkpoint(out_dir) if tc.resume == "auto" else (Path(tc.resume) if tc.resume else None)
