@@ -35,8 +35,8 @@ model:
   num_classes: 6
   drop_path: 0.1
   head: bridging
-  bridge_dim: 128
-  bridge_depth: 2
+  bridge_dim: 64
+  bridge_depth: 1
   bridge_heads: 4
   head_dropout: 0.1
   decoder_dim: 64
