@@ -148,7 +148,8 @@ def test_checkpointed_heads_give_the_same_gradients():
     vis, msk = split_indices(mask, num_visible("cell_running", 0.5, cfg.grid))
     for m in (a, b):
         out = m(video, vis, msk)
-        mar_loss(out["logits"], torch.tensor([1, 2]), out["pred"], m.targets(video, msk), 0.1)["loss"].backward()
+        loss = mar_loss(out["logits"], torch.tensor([1, 2]), out["pred"], m.targets(video, msk), 0.1)["loss"]
+        loss.backward()
     for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(pa.grad, pb.grad, atol=1e-6, rtol=1e-5, msg=n)
     assert b.decoder.grad_checkpointing and b.head.grad_checkpointing
