@@ -83,7 +83,6 @@ def summarize(scores: dict[int, torch.Tensor], labels: dict[int, int]) -> dict:
 
 def main(cfg: Config, checkpoint: str, views: str | None, no_mask: bool) -> int:
     """``marvit eval CONFIG --checkpoint DIR``: multi-view top-1/top-5 as JSON (and eval.json beside it)."""
-    from marvit.pipeline import build_loader
     from marvit.train.checkpoint import load_checkpoint
     from marvit.train.loop import build_data_loader, pick_device, resolve_scheme
 
@@ -98,7 +97,7 @@ def main(cfg: Config, checkpoint: str, views: str | None, no_mask: bool) -> int:
     device = pick_device(cfg.train.device, 0)
     model = build_model(cfg.model, with_decoder=False).to(device)
     load_checkpoint(checkpoint, model)
-    loader = build_data_loader(cfg, "val", train=False, rank=0, world=1, device=device, build=build_loader)
+    loader = build_data_loader(cfg, "val", train=False, rank=0, world=1, device=device)
     mask_cfg = None if (no_mask or cfg.train.scheme == "standard") else cfg.mask
     res = evaluate(model, loader, mask_cfg, cfg.model.grid, device, progress=True)
     res.update(checkpoint=str(checkpoint), views=f"{cfg.data.test_clips}x{cfg.data.test_crops}",

@@ -69,18 +69,16 @@ def pick_device(name: str, local_rank: int) -> torch.device:
     return torch.device(name)
 
 
-def build_data_loader(
-    cfg: Config, split: str, train: bool, rank: int, world: int, device, build=None, epoch=0
-):
+def build_data_loader(cfg: Config, split: str, train: bool, rank: int, world: int, device, epoch: int = 0):
     if cfg.data.backend == "synthetic":
         from marvit.pipeline.synthetic_loader import SyntheticLoader
 
         n = cfg.data.synthetic_samples[0 if split == "train" else 1]
         return SyntheticLoader(cfg.data, split, cfg.model.num_classes, n, train, rank, world, device,
                                seed=cfg.train.seed)  # fmt: skip
-    if build is None:
-        from marvit.pipeline import build_loader as build
-    return build(cfg.data, split, backend=cfg.data.backend, rank=rank, world_size=world, train=train,
+    from marvit.pipeline import build_loader
+
+    return build_loader(cfg.data, split, backend=cfg.data.backend, rank=rank, world_size=world, train=train,
                  device=device, seed=cfg.train.seed, epoch=epoch)  # fmt: skip
 
 
@@ -319,6 +317,12 @@ def train(cfg: Config) -> int:
                     if isinstance(v, int | float) and k != "step":
                         tb.add_scalar(k, v, record.get("step", 0))
 
+    def eval_and_log() -> dict | None:
+        res = run_eval()
+        if res is not None:
+            log({"step": step, "epoch": epoch, **{f"val_{k}": v for k, v in res.items()}})
+        return res
+
     sums = torch.zeros(3, device=device)  # loss, ce, mse summed over micro-steps since the last log
     count, clips, wait, t_log, t_start = 0, 0, 0.0, time.perf_counter(), time.perf_counter()
     bar = tqdm(total=total_steps, initial=step, desc=scheme, disable=not master, dynamic_ncols=True)
@@ -386,17 +390,13 @@ def train(cfg: Config) -> int:
                 sums.zero_()
                 count, clips, wait, t_log = 0, 0, 0.0, time.perf_counter()
             if tc.eval_interval and step % tc.eval_interval == 0:
-                last_eval, last_eval_step = run_eval(), step
-                if last_eval is not None:
-                    log({"step": step, "epoch": epoch, **{f"val_{k}": v for k, v in last_eval.items()}})
+                last_eval, last_eval_step = eval_and_log(), step
             if tc.save_interval and step % tc.save_interval == 0:
                 checkpoint()
         if micro + tc.accum_steps > micro_per_epoch:  # the epoch is done
             epoch, micro_done = epoch + 1, 0
             if not tc.eval_interval:
-                last_eval, last_eval_step = run_eval(), step
-                if last_eval is not None:
-                    log({"step": step, "epoch": epoch, **{f"val_{k}": v for k, v in last_eval.items()}})
+                last_eval, last_eval_step = eval_and_log(), step
             if not tc.save_interval:
                 checkpoint(is_best=bool(last_eval and last_eval["is_best"]))
     bar.close()
