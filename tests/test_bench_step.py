@@ -104,6 +104,26 @@ def test_sweep_writes_png_and_json(tmp_path, capsys):
     assert mar_act[3] < mar_act[0]
 
 
+def test_variants_time_the_training_options_beside_the_paper_setting(tmp_path):
+    rc = main(["bench", "step", *TINY, "--variants", "--iters", "1", "--warmup", "0", "--out", str(tmp_path)])
+    assert rc == 0
+    rows = json.loads((tmp_path / "step.json").read_text())["results"]
+    assert [(r["decoder_keep"], r["checkpoint_heads"]) for r in rows] == [
+        (1.0, False), (0.5, False), (1.0, True), (0.5, True)
+    ]
+    assert len({r["train"]["standard_ms"] for r in rows}) == 1  # one standard run for all four
+    # the decoder option reconstructs half the masked tokens: fewer decoder FLOPs, same inference FLOPs
+    assert [r["decoder_tokens"] for r in rows] == [4, 2, 4, 2]
+    assert rows[1]["train"]["mar_gflops"] < rows[0]["train"]["mar_gflops"]
+    assert rows[1]["infer"]["mar_gflops"] == rows[0]["infer"]["mar_gflops"]
+    # checkpointed heads keep only their block inputs, counted by the hand formula the report states
+    m = scheme_config("mar", "vit_s", 4, 32, 2, 0.5).model
+    kept = m.bridge_depth * 4 * m.bridge_dim + m.decoder_depth * (4 + 4) * m.decoder_dim
+    assert rows[2]["activation_mb"]["mar_checkpointed_inputs_mb"] == pytest.approx(2 * kept * 4 / 2**20)
+    assert rows[0]["activation_mb"]["mar_checkpointed_inputs_mb"] == 0.0
+    assert rows[2]["activation_mb"]["mar"] < rows[0]["activation_mb"]["mar"]
+
+
 # ---- the profiler -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "name, cls",

@@ -238,9 +238,15 @@ def run(
     preset: str = "vit_b", standard_preset: str | None = None, frames: int = 16, size: int = 224,
     batch: int = 2, ratios: Iterable[float] = (0.5,), decoder_keep: float = 1.0, iters: int = 5,
     warmup: int = 1, device: str = "auto", progress: bool = True, checkpoint_heads: bool = False,
+    variants: Iterable[tuple[float, bool]] | None = None,
 ) -> dict:  # fmt: skip
-    """Time the standard scheme against MAR at each ratio (one MAR model serves every ratio)."""
+    """Time the standard scheme against MAR at each ratio (one MAR model serves every ratio).
+
+    ``variants``: (decoder_keep, checkpoint_heads) pairs, each timed as its own MAR job at every ratio,
+    interleaved with the others (default: the one pair given by ``decoder_keep`` and ``checkpoint_heads``).
+    """
     ratios = list(ratios)
+    variants = list(variants) if variants is not None else [(decoder_keep, checkpoint_heads)]
     if iters < 1 or warmup < 0:
         raise ValueError(f"iters={iters}, warmup={warmup}: need iters >= 1 and warmup >= 0")
     dev = pick_device(device, 0)
@@ -248,35 +254,40 @@ def run(
     std_preset = standard_preset or preset
     torch.manual_seed(0)
     std_cfg = scheme_config("standard", std_preset, frames, size, batch)
-    mar_cfgs = [scheme_config("mar", preset, frames, size, batch, r, decoder_keep) for r in ratios]
+    # one MAR job per (ratio, decoder_keep, checkpoint_heads)
+    mar_jobs = [(scheme_config("mar", preset, frames, size, batch, r, keep), ckpt)
+                for r in ratios for keep, ckpt in variants]  # fmt: skip
+    mar_cfgs = [c for c, _ in mar_jobs]
 
     std_model = build_model(std_cfg.model, with_decoder=False, device=dev).train()
     mar_model = build_model(mar_cfgs[0].model, with_decoder=True, device=dev).train()
-    mar_model.set_grad_checkpointing(checkpoint_heads)  # as train.checkpoint_heads does
     std_opt = build_optimizer(std_model, std_cfg.train, 1e-4)
     mar_opt = build_optimizer(mar_model, mar_cfgs[0].train, 1e-4)
     gen = torch.Generator(device=dev).manual_seed(0)
     video = torch.randn(batch, 3, frames, size, size, device=dev)  # (B, C, T, H, W), normalized-like
     label = torch.randint(0, std_cfg.model.num_classes, (batch,), device=dev)
 
-    # the jobs, in the order they are interleaved: standard first, then MAR at each ratio
-    jobs: list[tuple[str, MARModel, torch.optim.Optimizer, Config]] = [
-        ("standard", std_model, std_opt, std_cfg)
+    # the jobs, in the order they are interleaved: standard first, then each MAR job
+    jobs: list[tuple[str, MARModel, torch.optim.Optimizer, Config, bool]] = [
+        ("standard", std_model, std_opt, std_cfg, False)
     ]
-    jobs += [(f"mar@{c.mask.ratio:g}", mar_model, mar_opt, c) for c in mar_cfgs]
+    jobs += [(f"mar@{c.mask.ratio:g}/keep{c.train.decoder_keep:g}/ckpt{int(ck)}", mar_model, mar_opt, c, ck)
+             for c, ck in mar_jobs]  # fmt: skip
     times = {name: {"train": [], "infer": []} for name, *_ in jobs}
     memory: dict[str, dict] = {name: {} for name, *_ in jobs}
 
     total = warmup + iters
     bar = tqdm(range(total), desc=f"bench step ({len(jobs)} schemes)", disable=not progress, file=sys.stderr)
     for i in bar:
-        for name, model, opt, cfg in jobs:
+        for name, model, opt, cfg, ckpt in jobs:
             model.train()
+            if model is mar_model:
+                model.set_grad_checkpointing(ckpt)  # as train.checkpoint_heads does
             mem = memory[name] if i == 0 else None  # activations measured in the first step of each scheme
             ms = timed_ms(lambda: train_step(model, opt, cfg, video, label, gen, amp_dtype, mem), dev)  # noqa: B023
             if i >= warmup:
                 times[name]["train"].append(ms)
-        for name, model, _, cfg in jobs:
+        for name, model, _, cfg, _ in jobs:
             model.eval()
             ms = timed_ms(lambda: infer_step(model, cfg, video, amp_dtype), dev)  # noqa: B023
             if i >= warmup:
@@ -287,14 +298,14 @@ def run(
     std_fwd = count_flops(std_cfg.model, "none", 0.0)["gflops"]
     act_key = "peak_delta_mb" if dev.type == "cuda" else "saved_tensor_mb"
     rows = []
-    for (name, *_), cfg in zip(jobs[1:], mar_cfgs, strict=True):
-        r = cfg.mask.ratio
-        fl = count_flops(cfg.model, "cell_running", r, train=True, decoder_keep=decoder_keep)
+    for name, _, _, cfg, checkpointed in jobs[1:]:
+        r, keep = cfg.mask.ratio, cfg.train.decoder_keep
+        fl = count_flops(cfg.model, "cell_running", r, train=True, decoder_keep=keep)
         std_mem, mar_mem = dict(memory["standard"]), dict(memory[name])
         # checkpointed blocks keep their inputs through checkpoint's own saved-tensor hooks, which hide
         # them from ours: add them (B x tokens x width x 4 bytes per block) to the saved-tensor count
         kept_mb = 0.0
-        if checkpoint_heads:
+        if checkpointed:
             m, n_vis = cfg.model, fl["visible_tokens"]
             n_dec = n_vis + (fl["decoder_tokens"] if recon_weight(cfg) > 0 else 0)
             kept = m.bridge_depth * n_vis * m.bridge_dim + m.decoder_depth * n_dec * m.decoder_dim
@@ -302,6 +313,8 @@ def run(
             mar_mem["saved_tensor_mb"] += kept_mb
         rows.append({
             "mask_ratio": r,
+            "decoder_keep": keep,
+            "checkpoint_heads": checkpointed,
             "tokens": cfg.model.num_tokens,
             "visible_tokens": fl["visible_tokens"],
             "decoder_tokens": fl["decoder_tokens"] if recon_weight(cfg) > 0 else 0,
@@ -326,7 +339,8 @@ def run(
         "frames": frames,
         "size": size,
         "batch": batch,
-        "decoder_keep": decoder_keep,
+        "decoder_keep": sorted({k for k, _ in variants}),
+        "checkpoint_heads": sorted({c for _, c in variants}),
         "recon_weight": RECON_WEIGHT,
         "iters": iters,
         "warmup": warmup,
@@ -345,14 +359,15 @@ def run(
 # --------------------------------------------------------------------------------------------------------
 def _table(res: dict) -> str:
     head = (f"{res['preset']} MAR vs {res['standard_preset']} standard, {res['frames']}x{res['size']}, "
-            f"batch {res['batch']}, decoder_keep {res['decoder_keep']:g}, {res['device']} {res['dtype']}, "
+            f"batch {res['batch']}, {res['device']} {res['dtype']}, "
             f"median of {res['iters']} (warm-up {res['warmup']})")  # fmt: skip
-    cols = ["ratio", "vis", "dec", "train std ms", "train MAR ms", "train x", "infer std ms", "infer MAR ms",
+    cols = ["ratio", "dec keep", "ckpt heads", "vis", "dec", "train std ms", "train MAR ms", "train x", "infer std ms", "infer MAR ms",
             "infer x", "GFLOP std/MAR (train)", "act std MB", "act MAR MB", "act MAR/std"]  # fmt: skip
     lines = [head, " | ".join(cols), " | ".join("-" * len(c) for c in cols)]
     for r in res["results"]:
         tr, inf, act = r["train"], r["infer"], r["activation_mb"]
-        vals = [f"{r['mask_ratio']:g}", str(r["visible_tokens"]), str(r["decoder_tokens"]),
+        vals = [f"{r['mask_ratio']:g}", f"{r['decoder_keep']:g}", "yes" if r["checkpoint_heads"] else "no",
+                str(r["visible_tokens"]), str(r["decoder_tokens"]),
                 f"{tr['standard_ms']:.0f}", f"{tr['mar_ms']:.0f}", f"{tr['speedup']:.2f}",
                 f"{inf['standard_ms']:.0f}", f"{inf['mar_ms']:.0f}", f"{inf['speedup']:.2f}",
                 f"{tr['standard_gflops']:.0f}/{tr['mar_gflops']:.0f}", f"{act['standard']:.0f}",
@@ -399,13 +414,18 @@ def plot(res: dict, path: Path) -> None:
 def main(
     preset: str, standard_preset: str | None, frames: int, size: int, batch: int, mask_ratio: float,
     decoder_keep: float, iters: int, warmup: int, device: str, sweep: bool, out: str | None, json: bool,
-    checkpoint_heads: bool = False,
+    checkpoint_heads: bool = False, variants: bool = False,
 ) -> int:  # fmt: skip
+    """``--variants``: the paper's setting (full decoder, nothing checkpointed) beside the training options
+    (``--decoder-keep``, 0.5 unless given; checkpointed heads; both), all against one standard run."""
     ratios = SWEEP_RATIOS if sweep else (mask_ratio,)
+    pairs = None
+    if variants:
+        keep = decoder_keep if decoder_keep < 1.0 else 0.5
+        pairs = [(1.0, False), (keep, False), (1.0, True), (keep, True)]
     res = run(preset, standard_preset, frames, size, batch, ratios, decoder_keep, iters, warmup, device,
-              checkpoint_heads=checkpoint_heads)  # fmt: skip
-    res["checkpoint_heads"] = checkpoint_heads
-    if not sweep:  # one ratio: its numbers at the top level too
+              checkpoint_heads=checkpoint_heads, variants=pairs)  # fmt: skip
+    if not sweep and not variants:  # one job: its numbers at the top level too
         res.update({k: res["results"][0][k] for k in ("mask_ratio", "visible_tokens", "decoder_tokens",
                                                       "train", "infer", "activation_mb")})  # fmt: skip
     out_dir = Path(out or "bench_step")

@@ -1,17 +1,21 @@
 """A synthetic action data set whose class is the motion, never the look of a single frame.
 
-Each video shows one flat-colored shape (triangle, bar, L, kite or T) over a noisy gradient background.
-Its class is how the shape moves: it translates (right, left, down, up, or diagonally), rotates clockwise
-or counter-clockwise, or grows or shrinks. Everything a single frame shows is drawn from the same
-distribution in every class: the position wraps around the frame edges (a torus), so it is uniform in
-every frame; the orientation is uniform; the radius is log-uniform in every frame because growing and
-shrinking run as a sawtooth with a random phase, and the other classes draw a random fixed radius from
-the same law. Shapes, colors, speeds and noise are random per video. So a model that sees one frame is at
-chance, and one that sees the motion is not.
+Each video is a random-dot kinematogram, the classic motion stimulus of vision science: bright blurred
+dots on a darker noisy background, all moving with one flow field. The class is the flow: translation
+(right, left, down, up, or diagonally), rotation about the frame center (clockwise or counter-clockwise),
+or expansion / contraction from the center (grow, shrink). Every single frame is a uniform scatter of
+dots whatever the class: translations run on a torus (dots leaving one edge come back at the other), the
+rotations run in a disc that covers the frame, an expansion re-seeds at a uniform place every dot that
+leaves its disc (a linear flow keeps a uniform density uniform), and the opposite motions (left, up,
+counter-clockwise, shrink and the up/left diagonals) are their partners played backwards, which keeps
+each frame's law and reverses the motion. Dots are also re-seeded at random (a limited lifetime) in every
+class. Colors, dot count and size, speeds and noise are random per video. So a model that sees one frame
+is at chance, while every 2-frame tubelet carries the motion: a tiny ViT learns it in minutes, where a
+single moving shape was not learnt at all (one object gives a model too little signal per clip).
 
-Videos are rendered with numpy (2x2 supersampling for smooth edges) and encoded to H.264 mp4 with PyAV.
-Per-video randomness comes from ``numpy.random.default_rng([seed, class, index])``, so a seed gives the
-same pixels whatever the number of worker processes. Output in OUT::
+Videos are rendered with numpy and encoded to H.264 mp4 with PyAV. Per-video randomness comes from
+``numpy.random.default_rng([seed, class, index])``, so a seed gives the same pixels whatever the number of
+worker processes. Output in OUT::
 
     videos/CLASS/CLASS_0000.mp4   train.csv  val.csv  (the ``list`` format: "relative/path label")
     classes.txt (one name per line, index order)   flip_map.json   synth.json (settings and counts)
@@ -53,19 +57,8 @@ CLASS_SPECS: list[tuple[str, tuple[float, float], int, int]] = [
 CLASS_NAMES = [c[0] for c in CLASS_SPECS]
 MAX_CLASSES = len(CLASS_SPECS)
 
-# Shapes as unions of convex polygons in unit coordinates (x right, y down), none rotationally symmetric.
-SHAPES: dict[str, list[list[tuple[float, float]]]] = {
-    "triangle": [[(1.0, 0.0), (-0.7, 0.65), (-0.7, -0.65)]],
-    "bar": [[(-1.0, -0.3), (1.0, -0.3), (1.0, 0.3), (-1.0, 0.3)]],
-    "L": [[(-0.75, -0.75), (-0.25, -0.75), (-0.25, 0.75), (-0.75, 0.75)],
-          [(-0.75, 0.3), (0.75, 0.3), (0.75, 0.75), (-0.75, 0.75)]],
-    "kite": [[(1.0, 0.0), (0.0, 0.5), (-0.8, 0.0), (0.0, -0.5)]],
-    "T": [[(-0.8, -0.75), (0.8, -0.75), (0.8, -0.3), (-0.8, -0.3)],
-          [(-0.22, -0.75), (0.22, -0.75), (0.22, 0.8), (-0.22, 0.8)]],
-}  # fmt: skip
-SHAPE_NAMES = sorted(SHAPES)
-
-R_MIN, R_MAX = 0.09, 0.25  # shape radius as a fraction of the frame size (log-uniform in between)
+DOTS_PER_64SQ = (30, 60)  # dots per 64x64 pixels (uniform in between)
+RESEED = 0.04  # chance per frame that a dot jumps to a uniform random place (its limited lifetime)
 
 
 def flip_map(num_classes: int) -> dict[int, int]:
@@ -96,78 +89,89 @@ def _mirror_outside(i: int, num_classes: int) -> bool:
 
 def _video_params(seed: int, cls: int, index: int, frames: int, size: int) -> dict:
     rng = np.random.default_rng([seed, cls, index])
-    c_bg = rng.uniform(0, 255, 3)
-    while True:  # a shape color that stands out from the background
-        c_fg = rng.uniform(0, 255, 3)
-        if np.linalg.norm(c_fg - c_bg) > 110:
-            break
-    log_lo, log_hi = math.log(R_MIN * size), math.log(R_MAX * size)
+    k = size / 64
     return dict(
-        shape=SHAPE_NAMES[int(rng.integers(len(SHAPE_NAMES)))],
-        bg=c_bg.tolist(),
-        fg=c_fg.tolist(),
-        gradient=rng.uniform(-40, 40, 2).tolist(),  # background slope over the frame, per axis
-        noise=float(rng.uniform(2.0, 10.0)),
-        x0=float(rng.uniform(0, size)),
-        y0=float(rng.uniform(0, size)),
-        angle0=float(rng.uniform(0, 2 * math.pi)),
-        log_r0=float(rng.uniform(log_lo, log_hi)),
-        speed=float(rng.uniform(0.8, 2.0) * size / 64),  # px per frame
-        spin=float(math.radians(rng.uniform(5.0, 12.0))),  # rad per frame
-        grow=float(rng.uniform(0.03, 0.07)),  # log-radius per frame
-        noise_seed=int(rng.integers(2**31)),
+        bg=rng.uniform(0, 100, 3).tolist(),
+        fg=rng.uniform(150, 255, 3).tolist(),  # brighter than the background in every channel
+        gradient=rng.uniform(-20, 20, 2).tolist(),  # background slope over the frame, per axis
+        noise=float(rng.uniform(2.0, 6.0)),
+        density=float(rng.uniform(*DOTS_PER_64SQ)) / 64**2,  # dots per pixel
+        sigma=float(rng.uniform(1.0, 1.8) * max(k, 0.75)),  # dot radius (Gaussian sigma) in px
+        speed=float(rng.uniform(0.8, 2.0) * k),  # translation, px per frame
+        spin=float(math.radians(rng.uniform(2.5, 5.0))),  # rotation, rad per frame
+        grow=float(rng.uniform(0.03, 0.06)),  # expansion, log-scale per frame
+        sim_seed=int(rng.integers(2**31)),
     )
 
 
-def _inside(u: np.ndarray, v: np.ndarray, shape: str) -> np.ndarray:
-    """Boolean mask of points (u, v) in unit shape coordinates that fall inside ``shape``."""
-    hit = np.zeros(u.shape, bool)
-    for poly in SHAPES[shape]:
-        pts = np.asarray(poly)
-        area = np.sum(pts[:, 0] * np.roll(pts[:, 1], -1) - np.roll(pts[:, 0], -1) * pts[:, 1])
-        if area < 0:
-            pts = pts[::-1]
-        inside = np.ones(u.shape, bool)
-        for (ax, ay), (bx, by) in zip(pts, np.roll(pts, -1, axis=0)):
-            inside &= (bx - ax) * (v - ay) - (by - ay) * (u - ax) >= 0
-        hit |= inside
-    return hit
+def _simulate(dx: float, dy: float, rot: int, scale: int, params: dict, frames: int, size: int) -> list:
+    """Dot centers (N_t, 2) per frame in pixel coordinates for a forward flow (rot, scale in {0, +1})."""
+    rng = np.random.default_rng(params["sim_seed"])
+    c = size / 2
+    if rot or scale:  # a disc around the center that covers the frame's corners
+        radius = c * math.sqrt(2) + 4 * params["sigma"]
+        n = rng.poisson(params["density"] * math.pi * radius**2)
+
+        def seed_dots(m: int) -> np.ndarray:
+            r = radius * np.sqrt(rng.uniform(0, 1, m))
+            a = rng.uniform(0, 2 * math.pi, m)
+            return np.stack([c + r * np.cos(a), c + r * np.sin(a)], 1)
+    else:  # the frame itself, as a torus
+        n = rng.poisson(params["density"] * size**2)
+
+        def seed_dots(m: int) -> np.ndarray:
+            return rng.uniform(0, size, (m, 2))
+
+    pos = seed_dots(n)
+    norm = math.hypot(dx, dy) or 1.0
+    step = params["speed"] * np.array([dx, dy]) / norm
+    cos, sin = math.cos(params["spin"]), math.sin(params["spin"])
+    out = []
+    for _ in range(frames):
+        out.append(pos.copy())
+        if rot:  # clockwise on screen (y points down)
+            rel = pos - c
+            pos = c + np.stack([cos * rel[:, 0] - sin * rel[:, 1], sin * rel[:, 0] + cos * rel[:, 1]], 1)
+        elif scale:
+            pos = c + (pos - c) * math.exp(params["grow"])
+            gone = np.hypot(*(pos - c).T) > radius
+            pos[gone] = seed_dots(int(gone.sum()))
+        else:
+            pos = (pos + step) % size
+        jump = rng.uniform(0, 1, len(pos)) < RESEED
+        pos[jump] = seed_dots(int(jump.sum()))
+    return out
 
 
 def render_video(cls: int, params: dict, frames: int, size: int) -> np.ndarray:
     """Render one video of class ``cls``: ``uint8 (T, size, size, 3)``."""
     _, (dx, dy), rot, scale = CLASS_SPECS[cls]
-    ss = 2  # supersampling factor per axis
-    t = np.arange(frames, dtype=np.float64)
-    norm = math.hypot(dx, dy) or 1.0
-    cx = (params["x0"] + params["speed"] * dx / norm * t) % size  # (T,)
-    cy = (params["y0"] + params["speed"] * dy / norm * t) % size
-    angle = params["angle0"] + rot * params["spin"] * t
-    log_lo, log_hi = math.log(R_MIN * size), math.log(R_MAX * size)
-    if scale:  # sawtooth in log radius with a random phase: log-uniform in every frame
-        log_r = log_lo + (params["log_r0"] - log_lo + scale * params["grow"] * t) % (log_hi - log_lo)
-    else:
-        log_r = np.full(frames, params["log_r0"])
-    radius = np.exp(log_r)
-
-    g = (np.arange(size * ss) + 0.5) / ss  # supersampled pixel centers
-    X, Y = g[None, None, :], g[None, :, None]  # (1, 1, S) and (1, S, 1)
-    # toroidal offsets from the center: the shape wraps around the frame edges
-    ddx = (X - cx[:, None, None] + size / 2) % size - size / 2  # (T, S, S)
-    ddy = (Y - cy[:, None, None] + size / 2) % size - size / 2
-    cos, sin = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
-    r = radius[:, None, None]
-    u = (cos * ddx + sin * ddy) / r  # inverse rotation into shape coordinates
-    v = (-sin * ddx + cos * ddy) / r
-    alpha = _inside(u, v, params["shape"]).astype(np.float32)
-    alpha = alpha.reshape(frames, size, ss, size, ss).mean(axis=(2, 4))[..., None]  # (T, H, W, 1)
+    # the partner motions are the forward ones played backwards (same law per frame, motion reversed)
+    backwards = rot < 0 or scale < 0 or (not rot and not scale and (dy < 0 or (dy == 0 and dx < 0)))
+    if backwards:
+        dx, dy, rot, scale = -dx, -dy, -rot, -scale
+    centers = _simulate(dx, dy, rot, scale, params, frames, size)
+    if backwards:
+        centers = centers[::-1]
+    torus = not (rot or scale)
+    g = np.arange(size) + 0.5
+    two_s2 = 2 * params["sigma"] ** 2
+    alpha = np.zeros((frames, size, size), np.float32)
+    for t, pos in enumerate(centers):
+        ddx = g[None, None, :] - pos[:, 0, None, None]  # (N, 1, S)
+        ddy = g[None, :, None] - pos[:, 1, None, None]  # (N, S, 1)
+        if torus:
+            ddx, ddy = (ddx + size / 2) % size - size / 2, (ddy + size / 2) % size - size / 2
+        if len(pos):
+            alpha[t] = np.exp(-(ddx**2 + ddy**2) / two_s2).max(axis=0)
 
     lin = (np.arange(size) + 0.5) / size - 0.5
     gx, gy = params["gradient"]
     bg = np.asarray(params["bg"], np.float32) + (gx * lin[None, :, None] + gy * lin[:, None, None])
     fg = np.asarray(params["fg"], np.float32)
-    img = bg[None] * (1 - alpha) + fg * alpha  # (T, H, W, 3)
-    noise = np.random.default_rng(params["noise_seed"]).normal(0, params["noise"], img.shape)
+    a = alpha[..., None]
+    img = bg[None] * (1 - a) + fg * a  # (T, H, W, 3)
+    noise = np.random.default_rng(params["sim_seed"] + 1).normal(0, params["noise"], img.shape)
     return np.clip(img + noise, 0, 255).round().astype(np.uint8)
 
 
