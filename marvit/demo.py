@@ -24,7 +24,8 @@ from marvit.config import Config, config_from_dict
 
 # The embedded default; configs/demo.yaml is the same text (a test holds them together).
 DEMO_YAML = """\
-# marvit demo: a small ViT on the synthetic motion data set (6 classes, 64x64, 16 frames at stride 2).
+# marvit demo: a small ViT on the synthetic motion data set (6 classes of random-dot motion, 64x64,
+# 16 frames at stride 2).
 model:
   name: vit_s
   embed_dim: 128
@@ -36,7 +37,7 @@ model:
   drop_path: 0.1
   head: bridging
   bridge_dim: 64
-  bridge_depth: 1
+  bridge_depth: 2
   bridge_heads: 4
   head_dropout: 0.1
   decoder_dim: 64
@@ -65,20 +66,21 @@ data:
   cutmix: 0.0
   label_smoothing: 0.1
 train:
-  epochs: 30
+  epochs: 50
   warmup_epochs: 1
   base_lr: 0.001
   scale_lr: false
   layer_decay: 0.75
   weight_decay: 0.05
   recon_weight: 0.1
-  log_interval: 5
+  log_interval: 10
+  eval_interval: 90
   keep_last: 1
 """
 
 # the synthetic data set and the pretraining length
-DEMO_DATA = {"classes": 6, "per_class": 48, "frames": 32, "size": 64, "seed": 0, "val_fraction": 0.25}
-PRETRAIN_EPOCHS = 30
+DEMO_DATA = {"classes": 6, "per_class": 64, "frames": 32, "size": 64, "seed": 0, "val_fraction": 0.25}
+PRETRAIN_EPOCHS = 20
 
 
 def demo_config() -> Config:

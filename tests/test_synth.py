@@ -19,9 +19,9 @@ from marvit.pipeline import synth
 from marvit.pipeline.synth import CLASS_NAMES, make_synthetic, render_video
 
 SIZE, FRAMES, PER_CLASS, CLASSES, GAP = 48, 8, 12, 8, 2
-SHIFTS = [(sx, sy) for sx in range(-5, 6) for sy in range(-5, 6)]
-ANGLES = np.radians(np.arange(-16, 17, 2))
-LOG_SCALES = np.arange(-0.16, 0.17, 0.02)
+SHIFTS = [(sx, sy) for sx in range(-6, 7) for sy in range(-6, 7)]
+ANGLES = np.radians(np.arange(-20, 21, 2))
+LOG_SCALES = np.arange(-0.2, 0.21, 0.02)
 
 
 def _luma(video: np.ndarray) -> np.ndarray:

@@ -97,9 +97,9 @@ def _video_params(seed: int, cls: int, index: int, frames: int, size: int) -> di
         noise=float(rng.uniform(2.0, 6.0)),
         density=float(rng.uniform(*DOTS_PER_64SQ)) / 64**2,  # dots per pixel
         sigma=float(rng.uniform(1.0, 1.8) * max(k, 0.75)),  # dot radius (Gaussian sigma) in px
-        speed=float(rng.uniform(0.8, 2.0) * k),  # translation, px per frame
-        spin=float(math.radians(rng.uniform(2.5, 5.0))),  # rotation, rad per frame
-        grow=float(rng.uniform(0.03, 0.06)),  # expansion, log-scale per frame
+        speed=float(rng.uniform(1.2, 3.0) * k),  # translation, px per frame
+        spin=float(math.radians(rng.uniform(3.5, 7.0))),  # rotation, rad per frame
+        grow=float(rng.uniform(0.04, 0.08)),  # expansion, log-scale per frame
         sim_seed=int(rng.integers(2**31)),
     )
 
