@@ -389,7 +389,9 @@ def plot(res: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = res["results"]
+    first = res["results"][0]  # with --variants too, the plot follows the first variant across ratios
+    rows = [r for r in res["results"]
+            if (r["decoder_keep"], r["checkpoint_heads"]) == (first["decoder_keep"], first["checkpoint_heads"])]  # fmt: skip
     x = [100 * r["mask_ratio"] for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     a.plot(x, [r["train"]["speedup"] for r in rows], "o-", label="training step")
