@@ -126,8 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="auto")
     p.add_argument("--checkpoint-heads", action="store_true", help="activation checkpointing of MAR's heads")
-    p.add_argument("--variants", action="store_true",
-                   help="also time MAR with --decoder-keep (0.5 if not given), with checkpointed heads, and both")
+    p.add_argument(
+        "--variants",
+        action="store_true",
+        help="also time MAR with --decoder-keep (0.5 if not given), with checkpointed heads, and both",
+    )
     p.add_argument("--sweep", action="store_true", help="mask ratios 0, 25, 50, 75%% and a PNG")
     p.add_argument("--out", default=None, help="directory for step.json and the PNG")
     _add_json(p)

@@ -66,7 +66,7 @@ data:
   cutmix: 0.0
   label_smoothing: 0.1
 train:
-  epochs: 70
+  epochs: 50
   warmup_epochs: 1
   base_lr: 0.001
   scale_lr: false
@@ -74,7 +74,7 @@ train:
   weight_decay: 0.05
   recon_weight: 0.1
   log_interval: 10
-  eval_interval: 180
+  eval_interval: 90
   keep_last: 1
 """
 

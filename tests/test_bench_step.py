@@ -109,7 +109,10 @@ def test_variants_time_the_training_options_beside_the_paper_setting(tmp_path):
     assert rc == 0
     rows = json.loads((tmp_path / "step.json").read_text())["results"]
     assert [(r["decoder_keep"], r["checkpoint_heads"]) for r in rows] == [
-        (1.0, False), (0.5, False), (1.0, True), (0.5, True)
+        (1.0, False),
+        (0.5, False),
+        (1.0, True),
+        (0.5, True),
     ]
     assert len({r["train"]["standard_ms"] for r in rows}) == 1  # one standard run for all four
     # the decoder option reconstructs half the masked tokens: fewer decoder FLOPs, same inference FLOPs

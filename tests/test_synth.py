@@ -53,7 +53,10 @@ def motion_class(video: np.ndarray) -> str:
     y, x = np.mgrid[0:h, 0:w] + 0.5
     central = np.hypot(x - w / 2, y - h / 2) < 0.42 * w  # away from the corners a warp samples off-frame
     best = max(
-        [(_score(pairs, lambda a, d=d: np.roll(a, (d[1], d[0]), (0, 1)), central), "shift", d) for d in SHIFTS]
+        [
+            (_score(pairs, lambda a, d=d: np.roll(a, (d[1], d[0]), (0, 1)), central), "shift", d)
+            for d in SHIFTS
+        ]
         + [(_score(pairs, lambda a, r=r: _warp(a, r, 0.0), central), "rot", r) for r in ANGLES if r]
         + [(_score(pairs, lambda a, s=s: _warp(a, 0.0, s), central), "scale", s) for s in LOG_SCALES if s],
         key=lambda r: r[0],
@@ -81,7 +84,12 @@ def _one_frame_features(frame: np.ndarray) -> np.ndarray:
     h, w = lum.shape
     y, x = np.mgrid[0:h, 0:w] + 0.5
     center = np.hypot(x - w / 2, y - h / 2) < w / 4
-    quads = [dots[: h // 2, : w // 2], dots[: h // 2, w // 2 :], dots[h // 2 :, : w // 2], dots[h // 2 :, w // 2 :]]
+    quads = [
+        dots[: h // 2, : w // 2],
+        dots[: h // 2, w // 2 :],
+        dots[h // 2 :, : w // 2],
+        dots[h // 2 :, w // 2 :],
+    ]
     return np.r_[dots.mean(), dots[center].mean(), dots[~center].mean(), [q.mean() for q in quads],
                  lum.mean() / 255, f[dots].mean(0) / 255, f[~dots].mean(0) / 255]  # fmt: skip
 
