@@ -391,19 +391,24 @@ def train(cfg: Config) -> int:
                 count, clips, wait, t_log = 0, 0, 0.0, time.perf_counter()
             if tc.eval_interval and step % tc.eval_interval == 0:
                 last_eval, last_eval_step = eval_and_log(), step
-            if tc.save_interval and step % tc.save_interval == 0:
+                if last_eval and last_eval["is_best"]:  # keep the best weights when they happen
+                    checkpoint(is_best=True)
+            if tc.save_interval and step % tc.save_interval == 0 and last_saved != step:
                 checkpoint()
         if micro + tc.accum_steps > micro_per_epoch:  # the epoch is done
             epoch, micro_done = epoch + 1, 0
             if not tc.eval_interval:
                 last_eval, last_eval_step = eval_and_log(), step
-            if not tc.save_interval:
-                checkpoint(is_best=bool(last_eval and last_eval["is_best"]))
+            if not tc.save_interval and last_saved != step:
+                checkpoint(is_best=bool(last_eval and last_eval_step == step and last_eval["is_best"]))
     bar.close()
-    if last_saved != step:  # the run ended between checkpoints (max_steps, or an interval)
-        if last_eval_step != step:
-            last_eval, last_eval_step = run_eval(), step
-        checkpoint(is_best=bool(last_eval and last_eval["is_best"]))
+    # the run ends evaluated and saved, whatever the intervals (max_steps, or an interval that missed the end)
+    if last_eval_step != step:
+        last_eval, last_eval_step = eval_and_log(), step
+        if last_eval and last_eval["is_best"]:
+            checkpoint(is_best=True)
+    if last_saved != step:
+        checkpoint()
 
     if master:
         result = {"scheme": scheme, "steps": step, "epochs": epoch, "train_time_s": time.perf_counter() - t_start,
