@@ -201,7 +201,7 @@ def _plots(out_dir: Path, cfg: Config, results: dict, pretrained_dir: Path) -> d
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from marvit.bench.visualize import load_clip, plot_masks, plot_reconstruction, reconstruct
+    from marvit.bench.visualize import load_clip, plot_masks, plot_reconstruction, reconstruct, save_figure
     from marvit.model import build_model
     from marvit.train.checkpoint import latest_checkpoint, load_checkpoint
 
@@ -215,9 +215,7 @@ def _plots(out_dir: Path, cfg: Config, results: dict, pretrained_dir: Path) -> d
     ax.set_ylabel("top-1 (%)")
     ax.set_title("accuracy vs compute")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_dir / "accuracy_vs_gflops.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out_dir / "accuracy_vs_gflops.png")
     plots["accuracy_vs_gflops"] = "accuracy_vs_gflops.png"
     # loss curves
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -232,9 +230,7 @@ def _plots(out_dir: Path, cfg: Config, results: dict, pretrained_dir: Path) -> d
     for ax in axes:
         ax.set_xlabel("step")
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_dir / "loss_curves.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out_dir / "loss_curves.png")
     plots["loss_curves"] = "loss_curves.png"
     plot_masks(out_dir / "masks.png", grid=(8, 14, 14), ratio=cfg.mask.ratio)
     plots["masks"] = "masks.png"

@@ -31,10 +31,10 @@ from typing import Any
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from marvit.bench.step import recon_weight, train_step
+from marvit.bench.step import train_step
 from marvit.config import Config
 from marvit.model import build_model
-from marvit.train.loop import build_data_loader, check_data, pick_device, resolve_scheme
+from marvit.train.loop import build_data_loader, check_data, pick_device, recon_weight, resolve_scheme
 from marvit.train.optim import build_optimizer
 
 CLASSES = ("attention", "matmul", "patch_embed", "data_loading", "other")

@@ -41,7 +41,7 @@ from marvit.config import Config, DataConfig, MaskConfig, ModelConfig, TrainConf
 from marvit.model import MARModel, build_model, mar_loss
 from marvit.model.masking import num_visible
 from marvit.train.evaluate import eval_mask_indices
-from marvit.train.loop import pick_device, resolve_scheme, train_indices
+from marvit.train.loop import pick_device, recon_weight, resolve_scheme, train_indices
 from marvit.train.optim import build_optimizer
 
 RECON_WEIGHT = 0.1  # lambda of the reconstruction loss (SSv2-style)
@@ -142,11 +142,6 @@ def scheme_config(
         train=TrainConfig(scheme=scheme, recon_weight=RECON_WEIGHT, decoder_keep=decoder_keep),
     )
     return resolve_scheme(cfg)
-
-
-def recon_weight(cfg: Config) -> float:
-    """lambda as the training loop uses it: only MAR reconstructs, and only when something is masked."""
-    return cfg.train.recon_weight if cfg.train.scheme == "mar" and cfg.mask.strategy != "none" else 0.0
 
 
 def step_loss(
@@ -257,12 +252,12 @@ def run(
     # one MAR job per (ratio, decoder_keep, checkpoint_heads)
     mar_jobs = [(scheme_config("mar", preset, frames, size, batch, r, keep), ckpt)
                 for r in ratios for keep, ckpt in variants]  # fmt: skip
-    mar_cfgs = [c for c, _ in mar_jobs]
+    mar_cfg0 = mar_jobs[0][0]  # every job shares the model and the optimizer settings
 
     std_model = build_model(std_cfg.model, with_decoder=False, device=dev).train()
-    mar_model = build_model(mar_cfgs[0].model, with_decoder=True, device=dev).train()
+    mar_model = build_model(mar_cfg0.model, with_decoder=True, device=dev).train()
     std_opt = build_optimizer(std_model, std_cfg.train, 1e-4)
-    mar_opt = build_optimizer(mar_model, mar_cfgs[0].train, 1e-4)
+    mar_opt = build_optimizer(mar_model, mar_cfg0.train, 1e-4)
     gen = torch.Generator(device=dev).manual_seed(0)
     video = torch.randn(batch, 3, frames, size, size, device=dev)  # (B, C, T, H, W), normalized-like
     label = torch.randint(0, std_cfg.model.num_classes, (batch,), device=dev)
@@ -301,14 +296,14 @@ def run(
     for name, _, _, cfg, checkpointed in jobs[1:]:
         r, keep = cfg.mask.ratio, cfg.train.decoder_keep
         fl = count_flops(cfg.model, "cell_running", r, train=True, decoder_keep=keep)
+        n_dec = fl["decoder_tokens"] if recon_weight(cfg) > 0 else 0  # reconstructed tokens
         std_mem, mar_mem = dict(memory["standard"]), dict(memory[name])
         # checkpointed blocks keep their inputs through checkpoint's own saved-tensor hooks, which hide
         # them from ours: add them (B x tokens x width x 4 bytes per block) to the saved-tensor count
         kept_mb = 0.0
         if checkpointed:
             m, n_vis = cfg.model, fl["visible_tokens"]
-            n_dec = n_vis + (fl["decoder_tokens"] if recon_weight(cfg) > 0 else 0)
-            kept = m.bridge_depth * n_vis * m.bridge_dim + m.decoder_depth * n_dec * m.decoder_dim
+            kept = m.bridge_depth * n_vis * m.bridge_dim + m.decoder_depth * (n_vis + n_dec) * m.decoder_dim
             kept_mb = batch * kept * 4 / 2**20
             mar_mem["saved_tensor_mb"] += kept_mb
         rows.append({
@@ -317,7 +312,7 @@ def run(
             "checkpoint_heads": checkpointed,
             "tokens": cfg.model.num_tokens,
             "visible_tokens": fl["visible_tokens"],
-            "decoder_tokens": fl["decoder_tokens"] if recon_weight(cfg) > 0 else 0,
+            "decoder_tokens": n_dec,
             "train": _compare(times["standard"]["train"], times[name]["train"], TRAIN_FLOP_FACTOR * std_fwd,
                               TRAIN_FLOP_FACTOR * fl["train_gflops"], batch),
             "infer": _compare(times["standard"]["infer"], times[name]["infer"], std_fwd, fl["gflops"], batch),
@@ -384,10 +379,9 @@ def _table(res: dict) -> str:
 
 def plot(res: dict, path: Path) -> None:
     """Speedup (train, inference) and activation memory against the mask ratio."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from marvit.bench.visualize import save_figure  # also selects the Agg backend
 
     first = res["results"][0]  # with --variants too, the plot follows the first variant across ratios
     rows = [r for r in res["results"]
@@ -408,9 +402,7 @@ def plot(res: dict, path: Path) -> None:
     b.legend()
     fig.suptitle(f"{res['preset']} MAR vs {res['standard_preset']} standard, {res['frames']}x{res['size']}, "
                  f"batch {res['batch']}, {res['device']}")  # fmt: skip
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main(

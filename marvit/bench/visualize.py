@@ -23,6 +23,17 @@ from marvit.model.decoder import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from marvit.model.masking import num_visible  # noqa: E402
 
 
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Lay out, write (to a temporary file renamed into place) and close a matplotlib figure."""
+    path = Path(path)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def plot_masks(
     path: str | Path, grid: tuple[int, int, int] = (8, 14, 14), ratio: float = 0.5, seed: int = 0
 ) -> Path:
@@ -47,11 +58,7 @@ def plot_masks(
             if row == 0:
                 ax.set_title(f"t={col}", fontsize=8)
     fig.suptitle(f"mask strategies at {ratio:.0%} (black = masked)", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 @torch.no_grad()
@@ -98,11 +105,7 @@ def plot_reconstruction(path: str | Path, images: dict[str, torch.Tensor], frame
                 ax.set_ylabel(name, fontsize=8)
             if r == 0:
                 ax.set_title(f"frame {f}", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def load_clip(video: str | None, cfg: Config) -> torch.Tensor:

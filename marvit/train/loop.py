@@ -63,6 +63,16 @@ def resolve_scheme(cfg: Config) -> Config:
     return cfg.validate()
 
 
+def recon_weight(cfg: Config) -> float:
+    """lambda of the reconstruction loss, the one rule for the loop, the step benchmark and the profiler:
+    1 for VideoMAE pretraining, ``train.recon_weight`` for MAR when something is masked, 0 otherwise."""
+    if cfg.train.scheme == "pretrain":
+        return 1.0
+    if cfg.train.scheme == "mar" and cfg.mask.strategy != "none":
+        return cfg.train.recon_weight
+    return 0.0
+
+
 def pick_device(name: str, local_rank: int) -> torch.device:
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
@@ -219,8 +229,8 @@ def train(cfg: Config) -> int:
     amp_dtype = torch.bfloat16 if (tc.amp and device.type == "cuda") else None
 
     # ---- model ----------------------------------------------------------------------------------
-    recon_weight = 1.0 if scheme == "pretrain" else (tc.recon_weight if scheme == "mar" else 0.0)
-    model = build_model(cfg.model, with_decoder=recon_weight > 0).to(device)
+    lam = recon_weight(cfg)
+    model = build_model(cfg.model, with_decoder=lam > 0).to(device)
     model.set_grad_checkpointing(tc.checkpoint_heads)
     if scheme == "pretrain":
         model.head = torch.nn.Identity()  # no labels: no head to train, store or hand to fine-tuning
@@ -286,17 +296,6 @@ def train(cfg: Config) -> int:
         if world > 1:
             dist.barrier()
 
-    def run_eval() -> dict | None:
-        nonlocal best
-        if val_loader is None:
-            return None
-        res = evaluate(
-            raw_model, val_loader, None if scheme == "standard" else cfg.mask, grid, device, amp_dtype
-        )
-        is_best = res["top1"] > best
-        best = max(best, res["top1"])
-        return {**res, "is_best": is_best}
-
     # ---- metrics ---------------------------------------------------------------------------------
     metrics_file = open(out_dir / "metrics.jsonl", "a") if master else None  # noqa: SIM115 - lives for the run
     tb = None
@@ -317,13 +316,23 @@ def train(cfg: Config) -> int:
                     if isinstance(v, int | float) and k != "step":
                         tb.add_scalar(k, v, record.get("step", 0))
 
-    def eval_and_log() -> dict | None:
-        res = run_eval()
-        if res is not None:
-            log({"step": step, "epoch": epoch, **{f"val_{k}": v for k, v in res.items()}})
-        return res
+    def eval_and_log() -> None:
+        """Evaluate, log, and save the weights as the best when they are (whatever the intervals)."""
+        nonlocal best, last_eval, last_eval_step
+        last_eval_step = step
+        if val_loader is None:
+            return
+        res = evaluate(
+            raw_model, val_loader, None if scheme == "standard" else cfg.mask, grid, device, amp_dtype
+        )
+        last_eval = {**res, "is_best": res["top1"] > best}
+        best = max(best, res["top1"])
+        log({"step": step, "epoch": epoch, **{f"val_{k}": v for k, v in last_eval.items()}})
+        if last_eval["is_best"]:
+            checkpoint(is_best=True)
 
     sums = torch.zeros(3, device=device)  # loss, ce, mse summed over micro-steps since the last log
+    zero = torch.zeros((), device=device)  # the ce or mse a scheme does not have
     count, clips, wait, t_log, t_start = 0, 0, 0.0, time.perf_counter(), time.perf_counter()
     bar = tqdm(total=total_steps, initial=step, desc=scheme, disable=not master, dynamic_ncols=True)
     last_eval, last_eval_step, last_saved = None, -1, -1
@@ -352,19 +361,19 @@ def train(cfg: Config) -> int:
                 target = label
                 if mixup is not None:
                     video, target = mixup(video, label)
-                vis, tgt = train_indices(cfg, b, n_vis, mask_gen, device, with_targets=recon_weight > 0)
+                vis, tgt = train_indices(cfg, b, n_vis, mask_gen, device, with_targets=lam > 0)
                 sync = i == tc.accum_steps - 1 or world == 1
                 with nullcontext() if sync else model.no_sync():
                     with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                         out = model(video, vis, tgt, with_logits=scheme != "pretrain")
                     pixels = raw_model.targets(video, tgt) if tgt is not None else None
                     losses = mar_loss(out.get("logits"), target if scheme != "pretrain" else None,
-                                      out.get("pred"), pixels, recon_weight,
+                                      out.get("pred"), pixels, lam,
                                       cfg.data.label_smoothing if mixup is None else 0.0)  # fmt: skip
                     (losses["loss"] / tc.accum_steps).backward()
                 sums += torch.stack([losses["loss"].detach().float(),
-                                     losses.get("ce", torch.zeros((), device=device)).detach().float(),
-                                     losses.get("mse", torch.zeros((), device=device)).detach().float()])  # fmt: skip
+                                     losses.get("ce", zero).detach().float(),
+                                     losses.get("mse", zero).detach().float()])  # fmt: skip
                 count += 1
                 clips += b
             if tc.clip_grad:
@@ -390,23 +399,19 @@ def train(cfg: Config) -> int:
                 sums.zero_()
                 count, clips, wait, t_log = 0, 0, 0.0, time.perf_counter()
             if tc.eval_interval and step % tc.eval_interval == 0:
-                last_eval, last_eval_step = eval_and_log(), step
-                if last_eval and last_eval["is_best"]:  # keep the best weights when they happen
-                    checkpoint(is_best=True)
+                eval_and_log()
             if tc.save_interval and step % tc.save_interval == 0 and last_saved != step:
                 checkpoint()
         if micro + tc.accum_steps > micro_per_epoch:  # the epoch is done
             epoch, micro_done = epoch + 1, 0
             if not tc.eval_interval:
-                last_eval, last_eval_step = eval_and_log(), step
+                eval_and_log()
             if not tc.save_interval and last_saved != step:
-                checkpoint(is_best=bool(last_eval and last_eval_step == step and last_eval["is_best"]))
+                checkpoint()
     bar.close()
     # the run ends evaluated and saved, whatever the intervals (max_steps, or an interval that missed the end)
     if last_eval_step != step:
-        last_eval, last_eval_step = eval_and_log(), step
-        if last_eval and last_eval["is_best"]:
-            checkpoint(is_best=True)
+        eval_and_log()
     if last_saved != step:
         checkpoint()
 
