@@ -120,6 +120,7 @@ def _metrics(run: Path) -> list[dict]:
 def main(out: str = "demo_out", quick: bool = False) -> int:
     from marvit.bench.flops import count_flops
     from marvit.pipeline.convert import convert_split
+    from marvit.pipeline.manifest import atomic_write_json, load_manifest
     from marvit.pipeline.synth import make_synthetic
     from marvit.train.checkpoint import latest_checkpoint
 
@@ -139,7 +140,7 @@ def main(out: str = "demo_out", quick: bool = False) -> int:
     for split in ("train", "val"):
         convert_split(out_dir / "data", shards, "list", annotations=out_dir / "data" / f"{split}.csv", split=split,
                       short_side=data["size"], workers=2)  # fmt: skip
-    manifest = json.loads((shards / "manifest.json").read_text())
+    manifest = load_manifest(shards)
     cfg.data.root = str(shards)
     cfg.model.num_classes = len(manifest["classes"])
     timings["data_s"] = time.perf_counter() - t0
@@ -186,9 +187,7 @@ def main(out: str = "demo_out", quick: bool = False) -> int:
 
     plots = _plots(out_dir, cfg, results, pretrained_dir=out_dir / "mar")
     results["plots"] = plots
-    tmp = out_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(out_dir / "results.json")
+    atomic_write_json(out_dir / "results.json", results, indent=2)
     (out_dir / "report.md").write_text(_report(results, cfg, data))
     print(json.dumps({k: results[k] for k in ("standard", "mar", "mar_vs_standard")}, indent=2))
     print(f"demo done in {timings['total_s']:.0f} s -> {out_dir / 'report.md'}")

@@ -16,15 +16,16 @@ from __future__ import annotations
 import json as jsonlib
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from marvit.bench.step import timed_ms
 from marvit.kernels import dispatch
 from marvit.kernels.patch_embed import masked_patch_embed, masked_patch_embed_reference, standard_patch_embed
+from marvit.model.masking import make_mask, visible_indices
 
 WIDTHS = {"vit_b": 768, "vit_l": 1024}
 RATIOS = (0.5, 0.75)
@@ -34,22 +35,8 @@ BATCH = 2
 
 
 def eval_visible_idx(ratio: float, grid: tuple[int, int, int] = (8, 14, 14)) -> torch.Tensor:
-    """Visible token indices (N_vis,) of the 2x2 cell running evaluation mask (see MAR_SPEC.md).
-
-    Slice t masks the positions `roll([1]*k + [0]*(4-k), t % 4)` (raster order) of every 2x2 cell.
-    """
-    k = round(ratio * 4)
-    if abs(k - ratio * 4) > 1e-9:
-        raise ValueError(f"ratio: must be a multiple of 1/4 for 2x2 cells, got {ratio}")
-    Tn, Hn, Wn = grid
-    base = [1] * k + [0] * (4 - k)
-    masked = torch.zeros(grid, dtype=torch.bool)
-    for t in range(Tn):
-        s = t % 4
-        state = base[len(base) - s :] + base[: len(base) - s]  # roll right by s
-        for pos, m in enumerate(state):
-            masked[t, pos // 2 :: 2, pos % 2 :: 2] = bool(m)
-    return (~masked).flatten().nonzero().flatten()  # ascending
+    """Visible token indices (N_vis,) of the 2x2 cell running evaluation mask (see MAR_SPEC.md), ascending."""
+    return visible_indices(make_mask("cell_running", ratio, grid, batch=1, train=False))[0]
 
 
 def bytes_moved(path: str, B: int, N: int, N_vis: int, K: int, D: int, elt: int, pos_elt: int = 4) -> int:
@@ -85,13 +72,7 @@ def _time(fn: Callable[[], Any], iters: int, device: torch.device) -> tuple[floa
     """(first call ms, median of `iters` steady-state calls ms), synchronizing the device around each."""
 
     def once() -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return (time.perf_counter() - t0) * 1e3
+        return timed_ms(fn, device)
 
     first = once()
     once()  # one more warm-up call

@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from marvit.model.heads import LinearHead
+
 _HF_BLOCK = {
     "attention.attention.q_bias": "attn.q_bias",
     "attention.attention.v_bias": "attn.v_bias",
@@ -110,7 +112,7 @@ def convert_state_dict(
     )
     if layout == "videomae_pretrain":
         for k, v in sd.items():
-            if k.startswith("head.") or not k.startswith("encoder.head."):  # marvit's own classifier
+            if not k.startswith("encoder.head."):  # VideoMAE's pretraining head is not marvit's classifier
                 out[k] = v
     elif layout == "videomae_finetune":
         for k, v in sd.items():
@@ -159,7 +161,7 @@ def load_pretrained(model: nn.Module, path: str | Path, ignore_head_mismatch: bo
     Raises ``ValueError`` naming the key and both shapes on any shape mismatch (a classifier of another
     class count is skipped instead when ``ignore_head_mismatch``).
     """
-    head = "linear" if type(getattr(model, "head", None)).__name__ == "LinearHead" else "bridging"
+    head = "linear" if isinstance(getattr(model, "head", None), LinearHead) else "bridging"
     layout, sd = convert_state_dict(read_state_dict(path), head=head)
     own = model.state_dict()
     report = LoadReport(path=str(path), layout=layout)

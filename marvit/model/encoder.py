@@ -13,7 +13,7 @@ from torch import nn
 
 from marvit.config import ModelConfig
 from marvit.kernels import masked_patch_embed
-from marvit.model.layers import Block, LayerNorm, drop_path_schedule, sinusoid_table
+from marvit.model.layers import Block, LayerNorm, drop_path_schedule, run_blocks, sinusoid_table
 
 
 class PatchEmbed(nn.Module):
@@ -45,6 +45,4 @@ class VisionTransformer(nn.Module):
         w = self.patch_embed.proj
         with torch.profiler.record_function("patch_embed"):  # a label for `marvit profile`; ~free otherwise
             x = masked_patch_embed(video, visible_idx, w.weight, w.bias, self.pos_embed.to(video.dtype))
-        for blk in self.blocks:
-            x = blk(x)
-        return self.norm(x)
+        return self.norm(run_blocks(self.blocks, x))

@@ -107,7 +107,3 @@ def init_weights(module: nn.Module) -> None:
 def drop_path_schedule(rate: float, depth: int) -> list[float]:
     """Linear stochastic-depth schedule from 0 to ``rate`` over ``depth`` blocks."""
     return [rate * i / (depth - 1) for i in range(depth)] if depth > 1 else [0.0] * depth
-
-
-def count_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

@@ -141,19 +141,12 @@ def visible_indices(mask: torch.Tensor, num_vis: int | None = None) -> torch.Ten
 
     ``num_vis`` (known on the host from :func:`num_visible`) avoids a device sync.
     """
-    flat = mask.flatten(1)
-    if num_vis is None:
-        num_vis = int((~flat[0]).sum())  # sync point: pass num_vis on the hot path
-    # a stable sort puts the visible (0) tokens first, each group in ascending token order
-    return torch.sort(flat.to(torch.uint8), dim=1, stable=True).indices[:, :num_vis]
+    return split_indices(mask, num_vis)[0]
 
 
 def masked_indices(mask: torch.Tensor, num_vis: int | None = None) -> torch.Tensor:
     """Sorted indices of the masked tokens ``(B, N - N_vis)``."""
-    flat = mask.flatten(1)
-    if num_vis is None:
-        num_vis = int((~flat[0]).sum())  # sync point
-    return torch.sort(flat.to(torch.uint8), dim=1, stable=True).indices[:, num_vis:]
+    return split_indices(mask, num_vis)[1]
 
 
 def split_indices(mask: torch.Tensor, num_vis: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,21 +154,12 @@ def split_indices(mask: torch.Tensor, num_vis: int | None = None) -> tuple[torch
     flat = mask.flatten(1)
     if num_vis is None:
         num_vis = int((~flat[0]).sum())  # sync point
+    # a stable sort puts the visible (0) tokens first, each group in ascending token order
     order = torch.sort(flat.to(torch.uint8), dim=1, stable=True).indices
     return order[:, :num_vis], order[:, num_vis:]
 
 
 # --------------------------------------------------------------------------------------------------------
-
-
-def cell_phase_pattern(ratio: float, cell: tuple[int, int]) -> torch.Tensor:
-    """The running states of one cell: ``(n, r, q)`` bool, row ``p`` = ``roll(base, p)`` laid out raster."""
-    r, q = cell
-    n = r * q
-    k = check_ratio(ratio, n, "mask.ratio", f"a {r}x{q} cell")
-    j = torch.arange(n)
-    p = torch.arange(n)[:, None]
-    return (((j[None] - p) % n) < k).view(n, r, q)
 
 
 def _cell_running(ratio, grid, batch, train, cell, spatial, temporal, rand, dev) -> torch.Tensor:

@@ -49,6 +49,7 @@ from marvit.pipeline.manifest import (
     check_split,
     index_path,
     load_manifest,
+    read_index,
     sha256_file,
     shard_name,
     split_files_re,
@@ -642,24 +643,6 @@ def convert(src: str, out: str, fmt: str, annotations: str | None = None, labels
 # --------------------------------------------------------------------------------------------------------
 
 
-def _read_idx(path: Path) -> list[list[tuple[str, int, int]]]:
-    """Parse a DALI index: per sample, (extension, data offset, size) of each member."""
-    lines = path.read_text().splitlines()
-    head = lines[0].split()
-    if len(head) != 2 or not head[0].startswith("v"):
-        raise ValueError("bad header")
-    samples = []
-    for line in lines[1 : 1 + int(head[1])]:
-        f = line.split()
-        step = 4 if head[0] >= "v1.2" else 3  # v1.2 adds the member's name
-        if not f or len(f) % step:
-            raise ValueError(f"bad line {line[:60]!r}")
-        samples.append([(f[j], int(f[j + 1]), int(f[j + 2])) for j in range(0, len(f), step)])
-    if len(samples) != int(head[1]):
-        raise ValueError(f"header says {head[1]} samples, found {len(samples)}")
-    return samples
-
-
 def check_shard(path: str, samples: int, sha256: str, classes: list[str]) -> dict:
     """Every check on one shard; returns {"shard", "samples", "videos", "problems": [str]}."""
     p = Path(path)
@@ -715,7 +698,7 @@ def check_shard(path: str, samples: int, sha256: str, classes: list[str]) -> dic
         bad(f"index {idx.name} missing")
     else:
         try:
-            entries = _read_idx(idx)
+            entries = [[m[:3] for m in sample] for sample in read_index(idx)]
             want = [sorted((ext, off, len(data)) for ext, (data, off) in members[k].items()) for k in order]
             if [sorted(e) for e in entries] != want:
                 bad(f"index {idx.name} does not match the tar's members")

@@ -44,6 +44,26 @@ def index_path(tar_path: str | Path) -> Path:
     return p.with_name(p.name[: -len(".tar")] + ".idx") if p.name.endswith(".tar") else p.with_suffix(".idx")
 
 
+def read_index(path: str | Path) -> list[list[tuple[str, int, int, str | None]]]:
+    """A DALI webdataset index (``v1.2 N``, then per sample ``ext offset size name`` for each member; v1.1
+    has no names): per sample, (extension, data offset, size, member name or None) of each member."""
+    lines = Path(path).read_text().splitlines()
+    head = lines[0].split() if lines else []
+    if len(head) != 2 or not head[0].startswith("v") or not head[1].isdigit():
+        raise ValueError(f"{path}: not a DALI webdataset index (first line {lines[:1]}, expected 'v1.2 N')")
+    step = 4 if head[0] >= "v1.2" else 3  # v1.2 adds the member's name
+    samples = []
+    for line in lines[1 : 1 + int(head[1])]:
+        f = line.split()
+        if not f or len(f) % step:
+            raise ValueError(f"{path}: bad line {line[:60]!r}")
+        samples.append([(f[j], int(f[j + 1]), int(f[j + 2]), f[j + 3] if step == 4 else None)
+                        for j in range(0, len(f), step)])  # fmt: skip
+    if len(samples) != int(head[1]):
+        raise ValueError(f"{path}: header says {head[1]} samples, found {len(samples)}")
+    return samples
+
+
 def split_files_re(split: str) -> re.Pattern[str]:
     """Every file a conversion of ``split`` may leave: shards, indexes and their temporary versions."""
     return re.compile(rf"^{re.escape(split)}-\d{{6}}\.(tar|idx)(\.tmp)?$")
@@ -64,8 +84,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode())
+def atomic_write_json(path: str | Path, obj: Any, indent: int = 1) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=indent) + "\n").encode())
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -92,13 +112,3 @@ def load_manifest(out: str | Path) -> dict | None:
     ):
         raise ValueError(f"{path}: expected an object with 'classes' (a list) and 'splits' (an object)")
     return m
-
-
-def shard_paths(out: str | Path, split: str) -> list[Path]:
-    """The shards of ``split`` in order, as the manifest lists them."""
-    m = load_manifest(out)
-    if m is None:
-        raise ValueError(f"{out}: no {MANIFEST}; run `marvit convert` first")
-    if split not in m["splits"]:
-        raise ValueError(f"{out}/{MANIFEST}: no split {split!r}; it has {sorted(m['splits'])}")
-    return [Path(out) / s["name"] for s in m["splits"][split]["shards"]]

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import braceexpand
 
+from marvit.pipeline.manifest import MANIFEST, index_path, load_manifest, read_index
+
 
 @dataclass
 class ShardSet:
@@ -43,39 +45,21 @@ class ShardSet:
             )
         ids: dict[tuple[str, str], int] = {}
         for url, idx, start in zip(self.urls, self.index_paths, self.starts):
-            for pos, key in enumerate(_idx_keys(idx)):
-                ids[(url, key)] = start + pos
+            for pos, members in enumerate(read_index(idx)):
+                name = members[0][3] if members else None
+                ids[(url, name.rsplit(".", 1)[0] if name else "")] = start + pos
         return ids
-
-
-def _idx_keys(idx_path: str) -> list[str]:
-    """Sample keys in order from a DALI webdataset index (``v1.2 N`` then ``ext off size name ...``)."""
-    lines = Path(idx_path).read_text().split("\n")
-    head = lines[0].split()
-    if len(head) != 2 or not head[0].startswith("v1"):
-        raise ValueError(
-            f"{idx_path}: not a DALI webdataset index (first line {lines[0]!r}, expected 'v1.2 N')"
-        )
-    keys = []
-    for line in lines[1 : 1 + int(head[1])]:
-        parts = line.split()
-        keys.append(parts[3].rsplit(".", 1)[0] if len(parts) >= 4 else "")
-    return keys
-
-
-def _idx_count(idx_path: str) -> int:
-    return int(Path(idx_path).read_text().split("\n", 1)[0].split()[1])
 
 
 def find_shards(source: str | Path, split: str = "train") -> ShardSet:
     """A convert output directory (uses ``manifest.json`` and ``split``) or a shard pattern."""
     src = Path(source)
     if src.is_dir():
-        mpath = src / "manifest.json"
-        if not mpath.is_file():
-            raise FileNotFoundError(f"{src}: no manifest.json; is this a `marvit convert` output directory?")
-        manifest = json.loads(mpath.read_text())
-        splits = manifest.get("splits", {})
+        mpath = src / MANIFEST
+        manifest = load_manifest(src)
+        if manifest is None:
+            raise FileNotFoundError(f"{src}: no {MANIFEST}; is this a `marvit convert` output directory?")
+        splits = manifest["splits"]
         if split not in splits:
             raise KeyError(f"{mpath}: no split {split!r}; the manifest has {sorted(splits)}")
         entries = splits[split].get("shards", [])
@@ -83,7 +67,7 @@ def find_shards(source: str | Path, split: str = "train") -> ShardSet:
             raise ValueError(f"{mpath}: split {split!r} has no shards")
         urls = [str(src / e["name"]) for e in entries]
         counts = [int(e["samples"]) for e in entries]
-        classes = manifest.get("classes")
+        classes = manifest["classes"]
     else:
         urls = sorted({p for pat in braceexpand.braceexpand(str(source)) for p in glob.glob(pat)})
         if not urls:
@@ -93,7 +77,7 @@ def find_shards(source: str | Path, split: str = "train") -> ShardSet:
     for u in urls:
         if not Path(u).is_file():
             raise FileNotFoundError(f"shard {u} listed in the manifest does not exist")
-    idx = [str(Path(u).with_suffix(".idx")) for u in urls]
+    idx = [str(index_path(u)) for u in urls]
     has_idx = all(Path(p).is_file() for p in idx)
     if not counts:
         if not has_idx:
@@ -101,7 +85,7 @@ def find_shards(source: str | Path, split: str = "train") -> ShardSet:
                 f"shard pattern {str(source)!r}: sample counts need the DALI .idx beside every shard "
                 "(write them with `wds2idx SHARD.tar`) or a manifest.json directory"
             )
-        counts = [_idx_count(p) for p in idx]
+        counts = [len(read_index(p)) for p in idx]
     return ShardSet(urls=urls, counts=counts, index_paths=idx if has_idx else None, classes=classes)
 
 

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from marvit.config import Config, MaskConfig
 from marvit.model import build_model, make_mask, visible_indices
 from marvit.model.masking import num_visible
+from marvit.pipeline.manifest import atomic_write_json
 
 
 def eval_mask_indices(mask_cfg: MaskConfig | None, grid, batch: int, device) -> torch.Tensor | None:
@@ -40,9 +41,13 @@ def evaluate(
     scores: dict[int, torch.Tensor] = {}
     labels: dict[int, int] = {}
     ids_all, probs_all, labels_all = [], [], []
+    masks: dict[int, torch.Tensor | None] = {}  # the evaluation mask is fixed: one per batch size
     for batch in tqdm(loader, desc="eval", disable=not progress, leave=False):
         video = batch["video"]
-        vis = eval_mask_indices(mask_cfg, grid, video.shape[0], device)
+        b = video.shape[0]
+        if b not in masks:
+            masks[b] = eval_mask_indices(mask_cfg, grid, b, device)
+        vis = masks[b]
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(video, vis)["logits"]
         probs_all.append(logits.float().softmax(-1))
@@ -102,9 +107,6 @@ def main(cfg: Config, checkpoint: str, views: str | None, no_mask: bool) -> int:
     res = evaluate(model, loader, mask_cfg, cfg.model.grid, device, progress=True)
     res.update(checkpoint=str(checkpoint), views=f"{cfg.data.test_clips}x{cfg.data.test_crops}",
                mask=None if mask_cfg is None else f"{mask_cfg.strategy}@{mask_cfg.ratio}")  # fmt: skip
-    out = Path(checkpoint) / "eval.json"
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(res, indent=2))
-    tmp.replace(out)
+    atomic_write_json(Path(checkpoint) / "eval.json", res, indent=2)
     print(json.dumps(res))
     return 0

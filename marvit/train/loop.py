@@ -39,6 +39,7 @@ from tqdm import tqdm
 from marvit.config import Config, ConfigError
 from marvit.model import build_model, load_pretrained, make_mask, mar_loss, split_indices
 from marvit.model.masking import num_visible
+from marvit.pipeline.manifest import atomic_write_json, load_manifest
 from marvit.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -92,43 +93,37 @@ def build_data_loader(cfg: Config, split: str, train: bool, rank: int, world: in
                  device=device, seed=cfg.train.seed, epoch=epoch)  # fmt: skip
 
 
-def has_split(cfg: Config, split: str) -> bool:
+def check_data(cfg: Config) -> set[str]:
+    """Fail before any work starts when the data cannot be what the config says; returns the splits."""
     if cfg.data.backend == "synthetic":
-        return True
-    manifest = Path(cfg.data.root or "") / "manifest.json"
-    if not manifest.is_file():
-        return False
-    return split in json.loads(manifest.read_text()).get("splits", {})
-
-
-def check_data(cfg: Config) -> None:
-    """Fail before any work starts when the data cannot be what the config says."""
-    if cfg.data.backend == "synthetic":
-        return
+        return {"train", "val"}
     root = cfg.data.root
     if root is None:
         raise ConfigError(
             "data.root=null: set it to a `marvit convert` output directory (or data.backend=synthetic)"
         )
-    manifest = Path(root) / "manifest.json"
-    if not manifest.is_file():
+    try:
+        info = load_manifest(root)
+    except ValueError as e:
+        raise ConfigError(f"data.root={root!r}: {e}") from e
+    if info is None:
         raise ConfigError(
             f"data.root={root!r}: no manifest.json there; is it a `marvit convert` output directory?"
         )
-    info = json.loads(manifest.read_text())
-    if "train" not in info.get("splits", {}):
+    if "train" not in info["splits"]:
         raise ConfigError(
-            f"data.root={root!r}: the manifest has no 'train' split (has {sorted(info.get('splits', {}))})"
+            f"data.root={root!r}: the manifest has no 'train' split (has {sorted(info['splits'])})"
         )
     if cfg.data.flip and cfg.data.flip_label_map is None and info.get("flip_map"):
         # the data set declares which classes swap under a horizontal flip (e.g. move_left <-> move_right)
         cfg.data.flip_label_map = {int(k): int(v) for k, v in info["flip_map"].items()}
-        print(f"data.flip_label_map from {manifest}: {cfg.data.flip_label_map}")
-    n = len(info.get("classes", []))
+        print(f"data.flip_label_map from {Path(root) / 'manifest.json'}: {cfg.data.flip_label_map}")
+    n = len(info["classes"])
     if cfg.train.scheme != "pretrain" and n != cfg.model.num_classes:
         raise ConfigError(
             f"model.num_classes={cfg.model.num_classes}: the data set at {root} has {n} classes"
         )
+    return set(info["splits"])
 
 
 def train_indices(
@@ -194,18 +189,12 @@ def _memory_mb(device: torch.device) -> float:
         return 0.0
 
 
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
-
-
 # --------------------------------------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------------------------------------
 def train(cfg: Config) -> int:
     cfg = resolve_scheme(cfg)
-    check_data(cfg)
+    splits = check_data(cfg)
     tc, scheme = cfg.train, cfg.train.scheme
 
     # ---- distributed setup from torchrun's environment --------------------------------------------
@@ -247,7 +236,7 @@ def train(cfg: Config) -> int:
         cfg.data.batch_size = tc.batch_size
     loader = build_data_loader(cfg, "train", True, rank, world, device)
     val_loader = build_data_loader(cfg, "val", False, rank, world, device) if (
-        scheme != "pretrain" and has_split(cfg, "val")) else None  # fmt: skip
+        scheme != "pretrain" and "val" in splits) else None  # fmt: skip
     mixup = None
     if scheme != "pretrain" and (cfg.data.mixup > 0 or cfg.data.cutmix > 0):
         from marvit.pipeline import mixup_fn
@@ -420,7 +409,7 @@ def train(cfg: Config) -> int:
                   "global_batch": global_batch, "peak_lr": peak_lr, "world_size": world}  # fmt: skip
         if last_eval is not None:
             result.update({k: v for k, v in last_eval.items() if k != "is_best"})
-        _atomic_json(out_dir / "results.json", result)
+        atomic_write_json(out_dir / "results.json", result, indent=2)
         print(json.dumps(result))
         metrics_file.close()
         if tb is not None:
