@@ -73,6 +73,11 @@ def build_loader(
     data_cfg.validate()
     train = split == "train" if train is None else train
     shard_set = find_shards(source, split)
+    if train and shard_set.num_samples // world_size < data_cfg.batch_size:
+        raise ValueError(
+            f"{shard_set.urls[0]}...: {shard_set.num_samples} samples cannot fill one training batch of "
+            f"{data_cfg.batch_size} on each of {world_size} ranks; lower data.batch_size"
+        )
     backend = resolve_backend(backend)
     if backend == "dali":
         from marvit.pipeline.dali_loader import DaliLoader

@@ -35,7 +35,6 @@ import subprocess
 import sys
 import tarfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,6 +44,7 @@ from tqdm import tqdm
 
 from marvit.pipeline.manifest import (
     MANIFEST,
+    atomic_write_bytes,
     atomic_write_json,
     check_split,
     index_path,
@@ -59,8 +59,8 @@ from marvit.pipeline.video import (
     DEFAULT_GOP,
     VideoError,
     probe,
+    run_jobs,
     transcode_h264,
-    worker_context,
 )
 
 FORMATS = ("folder", "kinetics", "ssv2", "list")
@@ -417,18 +417,6 @@ def _fingerprint(items: list[Item], classes: list[str], settings: dict) -> str:
     return h.hexdigest()
 
 
-def _run(fn, jobs: list, workers: int):
-    """Yield ``fn(job)`` in order, over a process pool when ``workers`` > 1; closing it cancels the rest."""
-    if workers <= 1 or len(jobs) <= 1:
-        yield from map(fn, jobs)
-        return
-    pool = ProcessPoolExecutor(workers, mp_context=worker_context())
-    try:
-        yield from pool.map(fn, jobs, chunksize=1)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _version() -> str:
     try:
         from importlib.metadata import version
@@ -523,7 +511,7 @@ def convert_split(src: str | Path, out: str | Path, fmt: str, annotations: str |
     bar = tqdm(total=len(items), initial=start, desc=f"convert {split}", unit="video", disable=not progress,
                file=sys.stderr)  # fmt: skip
 
-    pending = _run(_work, jobs, workers)
+    pending = run_jobs(_work, jobs, workers)
     try:
         nxt = next(pending, None)
         for i in range(start, len(items)):
@@ -749,7 +737,7 @@ def verify_dir(out: str | Path, workers: int | None = None, progress: bool = Tru
     workers = min(workers or os.cpu_count() or 1, len(jobs))
     bar = tqdm(total=len(jobs), desc="verify", unit="shard", disable=not progress, file=sys.stderr)
 
-    for split, res in zip(owner, _run(_check_job, jobs, workers)):
+    for split, res in zip(owner, run_jobs(_check_job, jobs, workers)):
         s = report["splits"][split]
         s["samples"] += res["samples"]
         s["videos"] += res["videos"]
@@ -767,7 +755,7 @@ def verify(out: str, json: bool = False) -> int:  # noqa: A002 - the CLI's keywo
     text = _json_dumps(report)
     # the JSON beside the printed report; a read-only data set still gets the report printed
     with contextlib.suppress(OSError):
-        atomic_write_json(Path(out) / "verify.json", report)
+        atomic_write_bytes(Path(out) / "verify.json", (text + "\n").encode())
     if json:
         print(text)
     else:

@@ -115,15 +115,16 @@ class _ClipStream(IterableDataset):
         wi = get_worker_info()
         return (wi.id, wi.num_workers) if wi is not None else (0, 1)
 
-    def _samples(self, worker: int, workers: int, rng: np.random.Generator) -> Iterator[tuple[dict, int]]:
+    def _samples(self, worker: int, workers: int) -> Iterator[tuple[dict, int]]:
         """(raw sample, global id) for this worker; endless and shuffled in training, one pass otherwise."""
         sel, k, j = _plan(len(self.shards.urls), self.rank, self.world_size, worker, workers)
+        start_of = dict(zip(self.shards.urls, self.shards.starts))
         for cycle in itertools.count():
             order = list(range(len(self.shards.urls)))
             if self.train:  # the same permutation on every rank and worker
                 order = list(np.random.default_rng([self.seed, self.epoch, cycle]).permutation(order))
             mine = order[sel]
-            urls = [{"url": self.shards.urls[s], "shard": s} for s in mine]
+            urls = [{"url": self.shards.urls[s]} for s in mine]
             stream = wds.tarfile_to_samples(handler=wds.warn_and_continue)(iter(urls))
             pos: dict[str, int] = {}
             for i, sample in enumerate(stream):
@@ -135,7 +136,7 @@ class _ClipStream(IterableDataset):
                 if self.ids is not None:
                     gid = self.ids.get((url, sample["__key__"]), -1)
                 else:
-                    gid = self.shards.starts[self.shards.urls.index(url)] + p
+                    gid = start_of[url] + p
                 yield sample, gid
             if not self.train:
                 return
@@ -149,7 +150,7 @@ class _ClipStream(IterableDataset):
         rng.shuffle(buf)
         yield from buf
 
-    def _clip(self, sample: dict, gid: int, rng: np.random.Generator, aug: ClipTrainAugment | None,
+    def _clip(self, sample: dict, rng: np.random.Generator, aug: ClipTrainAugment | None,
               out: np.ndarray):  # fmt: skip
         """One sample -> its views written to ``out`` (V, T, S, S, 3) uint8; returns its V labels, or the key
         of a video that does not decode (a skip marker)."""
@@ -180,7 +181,7 @@ class _ClipStream(IterableDataset):
         worker, workers = self._worker()
         rng = np.random.default_rng([self.seed, self.rank, worker, self.epoch])
         aug = ClipTrainAugment(self.cfg) if self.train else None
-        it = self._samples(worker, workers, rng)
+        it = self._samples(worker, workers)
         if self.train:
             it = self._shuffled(it, rng)
         cfg = self.cfg
@@ -196,7 +197,7 @@ class _ClipStream(IterableDataset):
                 buf = torch.empty(shape, dtype=torch.uint8)
                 if in_worker:
                     buf.share_memory_()
-            out = self._clip(sample, gid, rng, aug, buf[len(ids)].numpy())
+            out = self._clip(sample, rng, aug, buf[len(ids)].numpy())
             if isinstance(out, str):
                 skipped.append(out)
                 continue
@@ -229,11 +230,6 @@ class PyavLoader:
         self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, epoch
         self.device = torch.device(device)
         self.skipped: list[str] = []  # keys of samples whose video did not decode, over all epochs
-        if train and shards.num_samples // world_size < cfg.batch_size:
-            raise ValueError(
-                f"{shards.urls[0]}...: {shards.num_samples} samples cannot fill one training batch of "
-                f"{cfg.batch_size} on each of {world_size} ranks; lower data.batch_size"
-            )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

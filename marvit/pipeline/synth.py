@@ -31,13 +31,13 @@ import math
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from marvit.pipeline.video import encode_h264, worker_context
+from marvit.pipeline.manifest import atomic_write_bytes
+from marvit.pipeline.video import encode_h264, run_jobs
 
 # name, (dx, dy) direction of translation, rotation sense (+1 = clockwise on screen), scale sense
 CLASS_SPECS: list[tuple[str, tuple[float, float], int, int]] = [
@@ -61,30 +61,16 @@ DOTS_PER_64SQ = (30, 60)  # dots per 64x64 pixels (uniform in between)
 RESEED = 0.04  # chance per frame that a dot jumps to a uniform random place (its limited lifetime)
 
 
-def flip_map(num_classes: int) -> dict[int, int]:
-    """Class index -> class index after a horizontal flip (dx -> -dx, clockwise <-> counter-clockwise)."""
-    names = CLASS_NAMES[:num_classes]
-    out = {}
-    for i, (_, (dx, dy), rot, scale) in enumerate(CLASS_SPECS[:num_classes]):
-        mirrored = next(
-            (
-                j
-                for j, (_, (dx2, dy2), rot2, sc2) in enumerate(CLASS_SPECS)
-                if (dx2, dy2, rot2, sc2) == (-dx, dy, -rot, scale)
-            ),
-            i,
-        )
-        # a mirror class outside the chosen subset cannot be a label: keep the class (make_synthetic warns)
-        out[i] = mirrored if mirrored < len(names) else i
-    return out
-
-
-def _mirror_outside(i: int, num_classes: int) -> bool:
+def _mirror(i: int) -> int:
+    """The class a horizontal flip turns class ``i`` into (dx -> -dx, clockwise <-> counter-clockwise)."""
     _, (dx, dy), rot, scale = CLASS_SPECS[i]
-    return any(
-        (dx2, dy2, rot2, sc2) == (-dx, dy, -rot, scale) and j >= num_classes
-        for j, (_, (dx2, dy2), rot2, sc2) in enumerate(CLASS_SPECS)
-    )
+    return next(j for j, (_, d, r, sc) in enumerate(CLASS_SPECS) if (d, r, sc) == ((-dx, dy), -rot, scale))
+
+
+def flip_map(num_classes: int) -> dict[int, int]:
+    """Class index -> class index after a horizontal flip, within the first ``num_classes`` classes."""
+    # a mirror class outside the chosen subset cannot be a label: keep the class (make_synthetic warns)
+    return {i: j if (j := _mirror(i)) < num_classes else i for i in range(num_classes)}
 
 
 def _video_params(seed: int, cls: int, index: int, frames: int, size: int) -> dict:
@@ -181,16 +167,12 @@ def _make_one(job: tuple) -> tuple[str, int]:
     data = encode_h264(render_video(cls, params, frames, size), fps=25, threads=1)
     path = Path(out) / rel
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)
     return rel, len(data)
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, text.encode())
 
 
 def _check_args(classes: int, per_class: int, frames: int, size: int, val_fraction: float) -> None:
@@ -234,25 +216,18 @@ def make_synthetic(out: str | Path, classes: int = 6, per_class: int = 24, frame
     workers = max(1, min(workers, len(jobs) // 8 or 1))
     bar = tqdm(total=len(jobs), desc="synth", unit="video", disable=not progress, file=sys.stderr)
     nbytes = 0
-    if workers == 1:
-        for job in jobs:
-            nbytes += _make_one(job)[1]
-            bar.update()
-    else:
-        with ProcessPoolExecutor(workers, mp_context=worker_context()) as pool:
-            for _, n in pool.map(_make_one, jobs, chunksize=4):
-                nbytes += n
-                bar.update()
+    for _, n in run_jobs(_make_one, jobs, workers, chunksize=4):
+        nbytes += n
+        bar.update()
     bar.close()
 
     for split in ("train", "val"):
         lines = [f"{rel} {cls}\n" for rel, (s, cls) in split_of.items() if s == split]
         _write_text(out / f"{split}.csv", "".join(lines))
     _write_text(out / "classes.txt", "".join(f"{n}\n" for n in names))
-    _write_text(
-        out / "flip_map.json", json.dumps({str(k): v for k, v in flip_map(classes).items()}, indent=1)
-    )
-    unsafe = [CLASS_NAMES[i] for i, j in flip_map(classes).items() if i == j and _mirror_outside(i, classes)]
+    flips = flip_map(classes)
+    _write_text(out / "flip_map.json", json.dumps({str(k): v for k, v in flips.items()}, indent=1))
+    unsafe = [CLASS_NAMES[i] for i in flips if _mirror(i) >= classes]
     if unsafe:
         print(f"synth: with {classes} classes the mirror of {unsafe} is not a class; train without flips",
               file=sys.stderr)  # fmt: skip

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import io
 import multiprocessing
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -49,6 +50,18 @@ def worker_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
+def run_jobs(fn: Callable, jobs: list, workers: int, chunksize: int = 1) -> Iterator:
+    """Yield ``fn(job)`` in order, over a process pool when ``workers`` > 1; closing it cancels the rest."""
+    if workers <= 1 or len(jobs) <= 1:
+        yield from map(fn, jobs)
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=worker_context())
+    try:
+        yield from pool.map(fn, jobs, chunksize=chunksize)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 class VideoError(ValueError):
     """A file that is not a usable video; the message says why (empty, no video stream, no frames, ...)."""
 
@@ -65,9 +78,6 @@ class VideoInfo:
     frames: int  # frames actually decoded
     declared_frames: int  # frames the container claims (0 when unknown)
     fps: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _open(src: Source) -> av.container.InputContainer:
@@ -150,35 +160,20 @@ def probe(src: Source, threads: int = 0) -> VideoInfo:
         )
 
 
-def decode_frames(src: Source, indices: Iterable[int] | None = None, threads: int = 0) -> np.ndarray:
-    """Decode to ``uint8 (T, H, W, 3)`` RGB: every frame, or those at ``indices`` (repeats allowed)."""
-    wanted = None if indices is None else list(indices)
-    keep = None if wanted is None else set(wanted)
-    last = None if wanted is None else (max(wanted) if wanted else -1)
-    frames: dict[int, np.ndarray] = {}
-    out: list[np.ndarray] = []
+def decode_frames(src: Source, threads: int = 0) -> np.ndarray:
+    """Decode every frame to ``uint8 (T, H, W, 3)`` RGB."""
     reformatter = VideoReformatter()
     with _open(src) as container:
         stream = _video_stream(container)
         if threads != 1:
             stream.thread_type = "AUTO"
-        for i, frame in enumerate(_iter_decoded(container, stream)):
-            if keep is None or i in keep:
-                rgb = reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
-                if keep is None:
-                    out.append(rgb)
-                else:
-                    frames[i] = rgb
-            if last is not None and i >= last:
-                break
-    if wanted is None:
-        if not out:
-            raise VideoError("no decodable frames")
-        return np.stack(out)
-    missing = sorted(set(wanted) - frames.keys())
-    if missing:
-        raise VideoError(f"frame indices {missing[:5]} out of range (the video has fewer frames)")
-    return np.stack([frames[i] for i in wanted]) if wanted else np.zeros((0, 0, 0, 3), np.uint8)
+        out = [
+            reformatter.reformat(f, format="rgb24", threads=1).to_ndarray()
+            for f in _iter_decoded(container, stream)
+        ]
+    if not out:
+        raise VideoError("no decodable frames")
+    return np.stack(out)
 
 
 def _h264_stream(container: av.container.OutputContainer, width: int, height: int, rate: Fraction,
