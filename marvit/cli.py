@@ -146,16 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     if cmd in ("train", "eval", "profile"):
         from marvit.config import ConfigError, load_config
 
-        try:
-            cfg = load_config(args.pop("config"), args.pop("overrides"))
-        except ConfigError as e:
-            print(f"marvit {cmd}: config error: {e}", file=sys.stderr)
-            return 2
         target = {"train": "marvit.train.loop:train", "eval": "marvit.train.evaluate:main",
                   "profile": "marvit.bench.profile:main"}[cmd]  # fmt: skip
-        try:
+        try:  # the config's own checks, then those that need the data or the device, before any work
+            cfg = load_config(args.pop("config"), args.pop("overrides"))
             return _call(target, cfg=cfg, **args)
-        except ConfigError as e:  # raised by checks that need the data or the device, before any work
+        except ConfigError as e:
             print(f"marvit {cmd}: config error: {e}", file=sys.stderr)
             return 2
     target = {

@@ -262,7 +262,6 @@ class TrainConfig:
     eval_interval: int = 0  # optimizer steps between evaluations; 0 = at the end of every epoch
     save_interval: int = 0  # optimizer steps between checkpoints; 0 = at the end of every epoch
     keep_last: int = 2
-    eval_views: tuple[int, int] | None = None  # (clips, crops); None = data.test_clips x data.test_crops
 
     def validate(self, prefix: str = "train") -> None:
         _positive(self, prefix, ["epochs", "accum_steps", "log_interval", "keep_last"])
@@ -397,14 +396,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                pass
         raise ConfigError(f"{key}={value!r}: expected {_type_name(tp)}")
     if origin is Literal:
         if value not in args:

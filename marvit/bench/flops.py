@@ -15,7 +15,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from marvit.config import ModelConfig
 from marvit.model import build_model, make_mask, split_indices
-from marvit.model.masking import num_visible
+from marvit.model.mar import TRAIN_ONLY
+from marvit.model.masking import num_targets, num_visible
 
 
 def _macs(fn, *args) -> tuple[float, object]:
@@ -40,13 +41,7 @@ def count_flops(
     with torch.device("meta"):
         model = build_model(cfg, with_decoder=train)
     params = sum(p.numel() for p in model.parameters())
-    params_infer = params - (
-        sum(
-            p.numel()
-            for n, p in model.named_parameters()
-            if n.startswith(("decoder.", "encoder_to", "mask_tok"))
-        )
-    )
+    params_infer = params - (sum(p.numel() for n, p in model.named_parameters() if n.startswith(TRAIN_ONLY)))
     video = torch.empty(1, cfg.in_chans, cfg.num_frames, cfg.img_size, cfg.img_size, device="meta")
     m = make_mask(strategy, ratio, cfg.grid, batch=1, device="cpu")
     vis, msk = split_indices(m, n_vis)
@@ -68,7 +63,7 @@ def count_flops(
         "params_m": params_infer / 1e6,
     }
     if train:
-        n_t = max(1, int(round((cfg.num_tokens - n_vis) * decoder_keep))) if n_vis < cfg.num_tokens else 0
+        n_t = num_targets(cfg.num_tokens - n_vis, decoder_keep)
         if n_t:
             dec, _ = _macs(model.forward_decoder, tokens, vis_arg, msk[:, :n_t].to("meta"))
         else:

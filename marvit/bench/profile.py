@@ -98,8 +98,6 @@ def profile_scheme(cfg: Config, steps: int, trace: Path) -> dict:
     check_data(cfg)
     dev = pick_device(cfg.train.device, 0)
     amp_dtype = torch.bfloat16 if (cfg.train.amp and dev.type == "cuda") else None
-    if cfg.train.batch_size is not None:
-        cfg.data.batch_size = cfg.train.batch_size
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, with_decoder=recon_weight(cfg) > 0, device=dev).train()
     optimizer = build_optimizer(model, cfg.train, cfg.train.base_lr)

@@ -18,6 +18,9 @@ from marvit.model.encoder import VisionTransformer
 from marvit.model.heads import BridgingClassifier, LinearHead
 from marvit.model.layers import init_weights
 
+# parameter-name prefixes of the reconstruction branch, which only training uses
+TRAIN_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token")
+
 
 class MARModel(nn.Module):
     def __init__(self, cfg: ModelConfig, with_decoder: bool = True) -> None:

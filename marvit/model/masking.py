@@ -67,6 +67,12 @@ def num_masked(strategy: str, ratio: float, grid: Grid, cell: tuple[int, int] = 
     return int(ratio * n + 1e-9)  # random
 
 
+def num_targets(n_masked: int, keep: float) -> int:
+    """Tokens the decoder reconstructs: the masked ones or, with ``keep < 1`` (``train.decoder_keep``), a
+    rounded share of them, at least one; none when nothing is masked."""
+    return max(1, int(round(n_masked * keep))) if n_masked else 0
+
+
 def num_visible(strategy: str, ratio: float, grid: Grid, cell: tuple[int, int] = (2, 2)) -> int:
     return math.prod(grid) - num_masked(strategy, ratio, grid, cell)
 

@@ -25,8 +25,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from marvit.model.mar import TRAIN_ONLY
+
 PREFIX = "step_"
-TRAIN_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token")
 
 
 def rng_state(mask_gen: torch.Generator | None = None) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from marvit.config import Config, ConfigError
 from marvit.model import build_model, load_pretrained, make_mask, mar_loss, split_indices
-from marvit.model.masking import num_visible
+from marvit.model.masking import num_targets, num_visible
 from marvit.pipeline.manifest import atomic_write_json, load_manifest
 from marvit.train.checkpoint import (
     latest_checkpoint,
@@ -55,8 +55,11 @@ from marvit.train.optim import build_optimizer, cosine_lr, set_lr
 # setup helpers
 # --------------------------------------------------------------------------------------------------------
 def resolve_scheme(cfg: Config) -> Config:
-    """Apply what a scheme implies (standard: no mask, linear head) to a copy of the config."""
+    """Apply what a scheme implies (standard: no mask, linear head), and ``train.batch_size`` when set, to a
+    copy of the config: the config.yaml a run writes is then the one it ran."""
     cfg = copy.deepcopy(cfg)
+    if cfg.train.batch_size is not None:
+        cfg.data.batch_size = cfg.train.batch_size
     if cfg.train.scheme == "standard":
         cfg.mask.strategy, cfg.mask.ratio, cfg.model.head = "none", 0.0, "linear"
     elif cfg.train.scheme == "pretrain":
@@ -144,7 +147,7 @@ def train_indices(
         return vis, None
     tgt = msk
     if cfg.train.decoder_keep < 1:  # a random, sorted subset of the masked tokens
-        keep = max(1, int(round(msk.shape[1] * cfg.train.decoder_keep)))
+        keep = num_targets(msk.shape[1], cfg.train.decoder_keep)
         pick = torch.rand(msk.shape, generator=generator, device=device).argsort(1)[:, :keep]
         tgt = torch.gather(msk, 1, pick.sort(1).values)  # (B, N_t)
     return vis, tgt
@@ -232,8 +235,6 @@ def train(cfg: Config) -> int:
     n_vis = num_visible(cfg.mask.strategy, cfg.mask.ratio, grid, cfg.mask.cell)
 
     # ---- data -----------------------------------------------------------------------------------
-    if tc.batch_size is not None:
-        cfg.data.batch_size = tc.batch_size
     loader = build_data_loader(cfg, "train", True, rank, world, device)
     val_loader = build_data_loader(cfg, "val", False, rank, world, device) if (
         scheme != "pretrain" and "val" in splits) else None  # fmt: skip

@@ -28,7 +28,7 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> l
         if key not in groups:
             groups[key] = {
                 "params": [], "names": [], "weight_decay": 0.0 if no_decay else weight_decay,
-                "lr_scale": layer_decay ** (num_layers - 1 - layer), "layer": layer,
+                "lr_scale": layer_decay ** (num_layers - 1 - layer),
             }  # fmt: skip
         groups[key]["params"].append(p)
         groups[key]["names"].append(name)
