@@ -237,7 +237,8 @@ def _plots(out_dir: Path, cfg: Config, results: dict, pretrained_dir: Path) -> d
     model = build_model(cfg.model, with_decoder=True).eval()
     load_checkpoint(latest_checkpoint(pretrained_dir), model)
     first_val = (out_dir / "data" / "val.csv").read_text().split()[0]
-    images = reconstruct(model, load_clip(str(out_dir / "data" / first_val), cfg), cfg.mask.ratio)
+    clip = load_clip(str(out_dir / "data" / first_val), cfg)
+    images = reconstruct(model, clip, cfg.mask.ratio, cfg.data.mean, cfg.data.std)
     plot_reconstruction(out_dir / "reconstruction.png", images)
     plots["reconstruction"] = "reconstruction.png"
     return plots

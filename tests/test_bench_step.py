@@ -158,3 +158,28 @@ def test_profile_writes_traces_and_shares(tmp_path, capsys):
     assert res["standard"]["head"] == "linear"
     md = (tmp_path / "profile.md").read_text()
     assert "attention" in md and "Top operators" in md
+
+
+# ---- the reconstruction figure's images ---------------------------------------------------------------------
+def test_reconstruction_images_undo_the_data_normalization():
+    from marvit.bench.visualize import reconstruct
+    from marvit.config import ModelConfig
+    from marvit.model import build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_name("vit_s", embed_dim=32, depth=1, num_heads=2, img_size=32, num_frames=4,
+                                decoder_dim=16, decoder_depth=1, decoder_heads=2)  # fmt: skip
+    model = build_model(cfg).eval()
+    raw = torch.rand(3, 4, 32, 32)  # pixels in [0, 1]
+    mean, std = (0.3, 0.5, 0.7), (0.2, 0.1, 0.3)  # not ImageNet's
+    video = (raw - torch.tensor(mean).view(3, 1, 1, 1)) / torch.tensor(std).view(3, 1, 1, 1)
+    with torch.no_grad():
+        images = reconstruct(model, video, 0.5, mean, std)
+    torch.testing.assert_close(images["original"], raw)
+    # 2x2x2 tubelets: half are masked (grey), the visible half are the original pixels in both other images
+    tubes = images["masked"].unfold(1, 2, 2).unfold(2, 16, 16).unfold(3, 16, 16)  # (3, 2, 2, 2, 2, 16, 16)
+    grey = (tubes == 0.5).flatten(4).all(-1).all(0)  # (2, 2, 2)
+    assert grey.sum() == 4
+    keep = ~grey.repeat_interleave(2, 0).repeat_interleave(16, 1).repeat_interleave(16, 2)  # (4, 32, 32)
+    torch.testing.assert_close(images["masked"][:, keep], raw[:, keep])
+    torch.testing.assert_close(images["reconstruction"][:, keep], raw[:, keep])

@@ -62,8 +62,12 @@ def plot_masks(
 
 
 @torch.no_grad()
-def reconstruct(model, video: torch.Tensor, ratio: float) -> dict[str, torch.Tensor]:
-    """Original, masked input and reconstruction of one clip ``(3, T, H, W)`` (normalized) as [0, 1] images."""
+def reconstruct(
+    model, video: torch.Tensor, ratio: float,
+    mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Original, masked input and reconstruction of one clip ``(3, T, H, W)`` (normalized with ``mean`` and
+    ``std``, as ``data.mean``/``data.std``) as [0, 1] images."""
     cfg = model.cfg
     t_, p = cfg.tubelet_size, cfg.patch_size
     grid = cfg.grid
@@ -71,9 +75,9 @@ def reconstruct(model, video: torch.Tensor, ratio: float) -> dict[str, torch.Ten
     vis, msk = split_indices(mask, num_visible("cell_running", ratio, grid))
     x = video[None]
     pred = model.forward_decoder(model.forward_features(x, vis), vis, msk)[0]  # (N_m, t*p*p*C)
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1, 1)
-    raw = (video * std + mean).clamp(0, 1)  # (3, T, H, W)
+    raw = (video * torch.tensor(std).view(3, 1, 1, 1) + torch.tensor(mean).view(3, 1, 1, 1)).clamp(
+        0, 1
+    )  # (3, T, H, W)
     tubes = rearrange(raw, "c (t p0) (h p1) (w p2) -> (t h w) (p0 p1 p2) c", p0=t_, p1=p, p2=p)
     out = tubes.clone()
     m = msk[0]
@@ -144,7 +148,7 @@ def main(out: str, video: str | None, checkpoint: str | None, config: str | None
         cfg = load_config(cfg_path)
         model = build_model(cfg.model, with_decoder=True).eval()
         load_checkpoint(checkpoint, model)
-        images = reconstruct(model, load_clip(video, cfg), ratio)
+        images = reconstruct(model, load_clip(video, cfg), ratio, cfg.data.mean, cfg.data.std)
         written["reconstruction"] = str(plot_reconstruction(out_dir / "reconstruction.png", images))
     (out_dir / "visualize.json").write_text(json.dumps(written, indent=2))
     print(json.dumps(written))

@@ -51,6 +51,8 @@ def tubelet_targets(
 
     Un-normalize the input, cut it into tubelets, normalize each tubelet per channel over its t*p*p pixels
     with the unbiased std (``(x - mean) / (std + 1e-6)``), flatten as (pixels, channel), as VideoMAE does.
+    The per-tubelet, per-channel normalization cancels the un-normalization's affine map up to the 1e-6, so
+    the default ImageNet ``mean``/``std`` serve whatever ``data.mean``/``data.std`` the input had.
     """
     with torch.no_grad():
         m = torch.as_tensor(mean, dtype=video.dtype, device=video.device).view(1, -1, 1, 1, 1)
