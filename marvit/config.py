@@ -17,8 +17,10 @@ from typing import Any, Literal
 
 import yaml
 
+from marvit.errors import InputError
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """A configuration key or value that cannot be used; the message names the key and what is allowed."""
 
 
@@ -55,8 +57,8 @@ class ModelConfig:
     in_chans: int = 3
     num_classes: int = 400
     drop_path: float = 0.1
-    # "bridging" (MAR) or "linear" (the standard VideoMAE fine-tuning head)
-    head: Literal["bridging", "linear"] = "bridging"
+    # "bridging" (MAR), "linear" (the standard VideoMAE fine-tuning head) or "none" (pretraining: no labels)
+    head: Literal["bridging", "linear", "none"] = "bridging"
     bridge_dim: int = 512
     bridge_depth: int = 2
     bridge_heads: int = 4
