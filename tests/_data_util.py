@@ -181,8 +181,11 @@ def make_kinetics(root: Path) -> dict:
     return {"src": root / "clips", "csv": root / "train.csv", "good": good}
 
 
-def make_ssv2(root: Path) -> dict:
-    """Something-Something v2: {id}.webm (VP9), labels JSON {template: "index"}, annotations list."""
+def make_ssv2(root: Path, official_layout: bool = False) -> dict:
+    """Something-Something v2: {id}.webm (VP9), labels JSON {template: "index"}, annotations list.
+
+    ``official_layout`` puts the JSON files where the SSv2 download has them: ``labels/labels.json`` beside
+    ``labels/train.json``; otherwise both sit in ``root``."""
     labels = {"Holding something": "0", "Pushing something from left to right": "1"}
     ann = [
         {"id": "101", "label": "pushing a cup from left to right",
@@ -191,7 +194,33 @@ def make_ssv2(root: Path) -> dict:
     ]  # fmt: skip
     frames = {e["id"]: write_video(root / f"videos/{e['id']}.webm", 14, kind=VP9_WEBM, seed=int(e["id"]))
               for e in ann}  # fmt: skip
-    (root / "labels.json").write_text(json.dumps(labels))
-    (root / "train.json").write_text(json.dumps(ann))
-    return {"src": root / "videos", "labels": root / "labels.json", "annotations": root / "train.json",
+    meta = root / "labels" if official_layout else root
+    meta.mkdir(parents=True, exist_ok=True)
+    (meta / "labels.json").write_text(json.dumps(labels))
+    (meta / "train.json").write_text(json.dumps(ann))
+    return {"src": root / "videos", "labels": meta / "labels.json", "annotations": meta / "train.json",
             "frames": frames}  # fmt: skip
+
+
+def make_class_sorted_list(root: Path, labels: int = 32, per_label: int = 2, frames: int = 6) -> dict:
+    """A ``list`` source sorted by class, as real listings arrive: ``per_label`` clips of each of ``labels``
+    classes, lines grouped by label, names in ``classes.txt``. Clips are tiny H.264 files; a few encodings
+    are reused under many names (the content does not matter here, only the labels)."""
+    blobs = [encode(make_frames(frames, 16, 16, seed=s)) for s in range(4)]
+    names = [f"class_{c:02d}" for c in range(labels)]
+    lines = []
+    for c in range(labels):
+        for k in range(per_label):
+            rel = f"{names[c]}/clip{k}.mp4"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(blobs[(c + k) % len(blobs)])
+            lines.append(f"{rel} {c}")
+    (root / "classes.txt").write_text("\n".join(names) + "\n")
+    (root / "train.txt").write_text("\n".join(lines) + "\n")
+    return {"list": root / "train.txt", "classes": names, "sources": [ln.split()[0] for ln in lines]}
+
+
+def x264_settings(data: bytes) -> str:
+    """The settings string x264 writes into its stream (an SEI message): 'cabac=0 ... deblock=0:0:0 ...'."""
+    start = data.find(b"cabac=")
+    return data[start : data.find(b"\x00", start)].decode("ascii", "replace") if start >= 0 else ""

@@ -23,6 +23,8 @@ from _data_util import (
     write_video,
 )
 
+from marvit.cli import main
+from marvit.errors import InputError
 from marvit.pipeline import convert as C
 
 
@@ -173,8 +175,25 @@ def test_ssv2_json(tmp_path):
     }
     assert got["101.webm"][0] == 1 and got["102.webm"][0] == 0
     assert got["101.webm"][1]["source_codec"] == "vp9" and got["101.webm"][1]["frames"] == 14
-    with pytest.raises(C.ConvertError, match="needs --labels"):
+    s["labels"].unlink()  # no --labels and no labels.json beside the annotations: refused, naming where
+    with pytest.raises(C.ConvertError, match="needs --labels") as e:
         C.convert_split(s["src"], out, "ssv2", annotations=s["annotations"], split="x", progress=False)
+    assert str(s["labels"]) in str(e.value) and isinstance(e.value, InputError)
+
+
+def test_ssv2_finds_labels_beside_annotations(tmp_path):
+    """SSv2's download keeps labels/labels.json beside labels/train.json: --labels may be left out."""
+    s = make_ssv2(tmp_path, official_layout=True)
+    assert s["labels"].parent == s["annotations"].parent == tmp_path / "labels"
+    out = tmp_path / "o"
+    rc = main(["convert", str(s["src"]), str(out), "--format", "ssv2", "--annotations", str(s["annotations"]),
+               "--short-side", "32", "--workers", "1"])  # fmt: skip
+    assert rc == 0
+    m = _manifest(out)
+    assert m["classes"] == ["Holding something", "Pushing something from left to right"]
+    assert m["splits"]["train"]["source"]["labels"] == str(s["labels"])
+    got = {json.loads(x["json"])["source"]: int(x["cls"]) for x in _samples(out, "train").values()}
+    assert got == {"101.webm": 1, "102.webm": 0}
 
 
 def test_classes_must_agree_across_splits(tmp_path, capsys):
@@ -185,7 +204,8 @@ def test_classes_must_agree_across_splits(tmp_path, capsys):
     C.convert_split(
         tmp_path / "train", out, "folder", split="train", short_side=32, workers=1, progress=False
     )
-    rc = C.convert(str(tmp_path / "val"), str(out), "folder", split="val", short_side=32, workers=1)
+    rc = main(["convert", str(tmp_path / "val"), str(out), "--format", "folder", "--split", "val",
+               "--short-side", "32", "--workers", "1"])  # fmt: skip
     assert rc == 2 and "['cow']" in capsys.readouterr().err
     assert set(_manifest(out)["splits"]) == {"train"}
     with pytest.raises(C.ConvertError, match="split='bad-name'"):
@@ -252,7 +272,7 @@ def test_verify_catches_damage(tmp_path, capsys):
     out = tmp_path / "o"
     kw = dict(annotations=lst, split="train", short_side=32, shard_size=2, workers=1, progress=False)
     C.convert_split(tmp_path / "src", out, "list", **kw)
-    assert C.verify(str(out), json=True) == 0
+    assert C.verify(str(out), as_json=True) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] and report["splits"]["train"] == {
         "shards": 3,
@@ -266,7 +286,7 @@ def test_verify_catches_damage(tmp_path, capsys):
     start = data.index(b"mdat") + 64  # inside the first video's coded frames
     data[start : start + 200] = bytes(200)
     shard.write_bytes(bytes(data))
-    assert C.verify(str(out), json=True) == 1
+    assert C.verify(str(out), as_json=True) == 1
     report = json.loads(capsys.readouterr().out)
     assert not report["ok"]
     assert any("train-000001.tar: sha256" in p for p in report["problems"])

@@ -10,6 +10,13 @@ Every conversion goes through one ``VideoReformatter`` per stream: PyAV's ``fram
 new swscale context per frame, which costs about 4x the time of reusing one. Conversions run on one
 swscale thread (the process pool supplies the parallelism).
 
+Encoding settings (:class:`Encoding`) trade shard size for decode work: a shorter GOP bounds the frames a
+seeking decoder decodes in vain before a sampled frame (all-intra: none), and ``fastdecode`` (x264's
+tune: CAVLC instead of CABAC, no deblocking filter) roughly halves the CPU per decoded frame for about
+13% more bytes. The default is chosen from the table in docs/encoding.md (``python -m
+marvit.bench.encoding``). How many frames a decoder decodes for a clip is :func:`decoded_frames` under
+each decoder's rule; :func:`decode_sampled` is the decoder that skips every frame it can.
+
 Determinism: the same frames usually encode to the same bytes, but not always: libx264 here produced a
 different stream for about 1 encode in 100 on tiny frames (32-34 px) even with one thread, so callers
 that need reproducibility should compare decoded pixels with a tolerance, or the rendered input.
@@ -30,12 +37,11 @@ import numpy as np
 from av.video.frame import PictureType
 from av.video.reformatter import Interpolation, VideoReformatter
 
+from marvit.errors import InputError
+from marvit.pipeline.encoding import DEFAULT_CRF, DEFAULT_GOP, DEFAULT_PRESET, Encoding
+
 Source = str | Path | bytes
 
-# Encoder defaults: a GOP of 16 frames bounds the frames decoded in vain before a sampled clip.
-DEFAULT_GOP = 16
-DEFAULT_CRF = 20
-DEFAULT_PRESET = "veryfast"
 DEFAULT_FPS = 30
 
 
@@ -62,8 +68,10 @@ def run_jobs(fn: Callable, jobs: list, workers: int, chunksize: int = 1) -> Iter
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-class VideoError(ValueError):
-    """A file that is not a usable video; the message says why (empty, no video stream, no frames, ...)."""
+class VideoError(InputError):
+    """A file that is not a usable video; the message says why (empty, no video stream, no frames, ...).
+
+    A bad input: the converter skips and lists such a file, a single-file command reports it."""
 
 
 @dataclass
@@ -177,24 +185,40 @@ def decode_frames(src: Source, threads: int = 0) -> np.ndarray:
 
 
 def _h264_stream(container: av.container.OutputContainer, width: int, height: int, rate: Fraction,
-                 gop: int, crf: int, preset: str, threads: int):  # fmt: skip
+                 enc: Encoding, threads: int):  # fmt: skip
     stream = container.add_stream("libx264", rate=rate)
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
     # closed GOP of fixed length, no B-frames, no scene-cut keyframes: every GOP starts decodable
-    stream.codec_context.gop_size = gop
+    stream.codec_context.gop_size = enc.gop
     stream.codec_context.max_b_frames = 0
     stream.codec_context.thread_count = threads
+    g = enc.gop
     stream.options = {
-        "preset": preset,
-        "crf": str(crf),
-        "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:open-gop=0",
+        "preset": enc.preset,
+        "crf": str(enc.crf),
+        "x264-params": f"keyint={g}:min-keyint={g}:scenecut=0:bframes=0:open-gop=0",
+        **({"tune": "fastdecode"} if enc.fastdecode else {}),
     }
     return stream
 
 
-def encode_h264(frames: Iterable[np.ndarray], fps: float | Fraction = DEFAULT_FPS, gop: int = DEFAULT_GOP,
-                crf: int = DEFAULT_CRF, preset: str = DEFAULT_PRESET, threads: int = 0) -> bytes:  # fmt: skip
-    """Encode RGB ``uint8 (H, W, 3)`` frames (even H and W) to H.264 yuv420p mp4 bytes."""
+def _encoding(enc: Encoding | None, gop: int | None, crf: int | None, preset: str | None) -> Encoding:
+    """``enc`` itself, or the plain encoding (no fastdecode tune) with the given overrides: the encoders'
+    default outside ``marvit convert`` (synthetic sources, probe clips) stays what it always was."""
+    if enc is not None:
+        return enc
+    return Encoding(gop=gop or DEFAULT_GOP, fastdecode=False, crf=DEFAULT_CRF if crf is None else crf,
+                    preset=preset or DEFAULT_PRESET)  # fmt: skip
+
+
+def encode_h264(frames: Iterable[np.ndarray], fps: float | Fraction = DEFAULT_FPS, gop: int | None = None,
+                crf: int | None = None, preset: str | None = None, threads: int = 0,
+                encoding: Encoding | None = None) -> bytes:  # fmt: skip
+    """Encode RGB ``uint8 (H, W, 3)`` frames (even H and W) to H.264 yuv420p mp4 bytes.
+
+    ``encoding`` gives every setting; without it, the plain encoding (GOP 16, no fastdecode tune) with
+    ``gop``/``crf``/``preset`` where given."""
+    enc = _encoding(encoding, gop, crf, preset)
     buf = io.BytesIO()
     rate = Fraction(fps).limit_denominator(100000)
     reformatter = VideoReformatter()
@@ -209,7 +233,7 @@ def encode_h264(frames: Iterable[np.ndarray], fps: float | Fraction = DEFAULT_FP
                 h, w = arr.shape[:2]
                 if h % 2 or w % 2:
                     raise ValueError(f"encode_h264: frame size {w}x{h} must be even for yuv420p")
-                stream = _h264_stream(out, w, h, rate, gop, crf, preset, threads)
+                stream = _h264_stream(out, w, h, rate, enc, threads)
             rgb = av.VideoFrame.from_ndarray(arr, format="rgb24")
             frame = reformatter.reformat(rgb, format="yuv420p", threads=1)
             frame.pts, frame.time_base = n, 1 / rate
@@ -226,16 +250,18 @@ def encode_h264(frames: Iterable[np.ndarray], fps: float | Fraction = DEFAULT_FP
 def transcode_h264(
     src: Source,
     short_side: int | None = None,
-    gop: int = DEFAULT_GOP,
-    crf: int = DEFAULT_CRF,
-    preset: str = DEFAULT_PRESET,
+    gop: int | None = None,
+    crf: int | None = None,
+    preset: str | None = None,
     threads: int = 0,
+    encoding: Encoding | None = None,
 ) -> tuple[bytes, VideoInfo, VideoInfo]:
     """Decode ``src`` and re-encode it to H.264 mp4 bytes at ``short_side`` (never upscaled).
 
     Returns (bytes, info of the source, info of the output). The source is decoded exactly once; a
     decode error anywhere in it raises VideoError, so a damaged file never yields a silently short clip.
     """
+    enc = _encoding(encoding, gop, crf, preset)
     buf = io.BytesIO()
     reformatter = VideoReformatter()
     n = 0
@@ -252,7 +278,7 @@ def transcode_h264(
                 if ostream is None:
                     src_w, src_h = frame.width, frame.height
                     w, h = even_size_for_short_side(src_w, src_h, short_side)
-                    ostream = _h264_stream(out, w, h, rate, gop, crf, preset, threads)
+                    ostream = _h264_stream(out, w, h, rate, enc, threads)
                 yuv = reformatter.reformat(
                     frame, width=w, height=h, format="yuv420p", interpolation=Interpolation.AREA,
                     threads=1,
@@ -277,3 +303,106 @@ def transcode_h264(
         )
     out_info = VideoInfo("h264", "mp4", "yuv420p", w, h, n, n, float(rate))
     return buf.getvalue(), src_info, out_info
+
+
+# --------------------------------------------------------------------------------------------------------
+# Decode work: which frames a decoder must decode to return a clip's sampled frames
+# --------------------------------------------------------------------------------------------------------
+
+DECODE_RULES = ("from_start", "seek_once", "skip_gops", "dali")
+DALI_SEEK_LEAP = 10  # DALI's FramesDecoder decodes through a forward gap of up to this many frames
+
+
+def keyframes(src: Source) -> list[int]:
+    """Frame numbers (presentation order) of the keyframes of ``src``'s video stream, from its packets."""
+    with _open(src) as container:
+        stream = _video_stream(container)
+        packets = sorted((p.pts if p.pts is not None else p.dts or 0, p.is_keyframe)
+                         for p in container.demux(stream) if p.size)  # fmt: skip
+    return [i for i, (_, key) in enumerate(packets) if key]
+
+
+def decoded_frames(indices: Iterable[int], keyframes: list[int], num_frames: int, rule: str) -> int:
+    """How many frames a decoder decodes to return the frames at ``indices`` (clamped to the video).
+
+    Rules: ``from_start`` decodes from frame 0 through the last wanted frame (a plain sequential reader);
+    ``seek_once`` seeks to the keyframe at or before the first wanted frame and decodes through the last;
+    ``skip_gops`` jumps to the keyframe of the next wanted frame whenever that skips frames (as
+    :func:`decode_sampled` does); ``dali`` is DALI's FramesDecoder with an index: wanted frames sorted and
+    unique, a forward gap of at most ``DALI_SEEK_LEAP`` frames or one within the current GOP is decoded
+    through, anything else seeks to the wanted frame's keyframe.
+    """
+    if rule not in DECODE_RULES:
+        raise ValueError(f"rule={rule!r}: expected one of {DECODE_RULES}")
+    want = sorted({min(max(int(i), 0), num_frames - 1) for i in indices})
+    if not want:
+        return 0
+    key = np.zeros(num_frames, bool)
+    key[[k for k in keyframes if 0 <= k < num_frames] or [0]] = True
+    key[0] = True  # a stream starts decodable
+    kf = np.maximum.accumulate(np.where(key, np.arange(num_frames), 0))  # keyframe at or before each frame
+    if rule == "from_start":
+        return want[-1] + 1
+    if rule == "seek_once":
+        return want[-1] - int(kf[want[0]]) + 1
+    pos, n = 0, 0  # pos: the next frame the decoder would return
+    for f in want:
+        if rule == "skip_gops":
+            if f < pos or kf[f] > pos:
+                pos = int(kf[f])
+        elif f < pos or (f > pos + DALI_SEEK_LEAP and (pos >= num_frames or kf[pos] != kf[f])):
+            pos = int(kf[f])  # DALI seeks backwards, or forwards past the leap into another GOP
+        n += f - pos + 1
+        pos = f + 1
+    return n
+
+
+def decode_sampled(src: Source, indices: Iterable[int]) -> tuple[np.ndarray, int]:
+    """The frames at ``indices`` (any order, repeats allowed, clamped to the video) as ``uint8 (N, H, W, 3)``
+    RGB, and how many frames were decoded: the ``skip_gops`` rule of :func:`decoded_frames`.
+
+    Works on packets: every packet is read (cheap), but only those from the keyframe before a wanted frame
+    through that frame reach the decoder, so whole GOPs between sampled frames are never decoded. Needs
+    one packet per frame in presentation order (no B-frames, as ``marvit convert`` writes); any other stream
+    is decoded from its first frame."""
+    idx = [int(i) for i in indices]
+    ref = VideoReformatter()
+    with _open(src) as container:
+        stream = _video_stream(container)
+        stream.codec_context.thread_count = 1  # frames come out as their packet goes in
+        packets = [p for p in container.demux(stream) if p.size]
+        pts = [p.pts for p in packets]
+        n = len(packets)
+        if n == 0:
+            raise VideoError("no decodable frames")
+        if None in pts or pts != sorted(pts):
+            return _decode_plain(src, idx)
+        want = sorted({min(max(i, 0), n - 1) for i in idx})
+        kf, k = [], 0
+        for i, p in enumerate(packets):
+            k = i if p.is_keyframe else k
+            kf.append(k)
+        cc, pos, count, got = stream.codec_context, 0, 0, {}
+        try:
+            for f in want:
+                if f < pos or kf[f] > pos:
+                    if pos:
+                        cc.flush_buffers()
+                    pos = kf[f]
+                while pos <= f:
+                    frames = cc.decode(packets[pos])
+                    count += 1
+                    if pos == f:
+                        if not frames:  # a decoder with delay: give up on skipping
+                            return _decode_plain(src, idx)
+                        got[f] = ref.reformat(frames[-1], format="rgb24", threads=1).to_ndarray()
+                    pos += 1
+        except av.error.FFmpegError as e:
+            raise VideoError(f"decode error at frame {pos}: {e}") from e
+    return np.stack([got[min(max(i, 0), n - 1)] for i in idx]), count
+
+
+def _decode_plain(src: Source, idx: list[int]) -> tuple[np.ndarray, int]:
+    frames = decode_frames(src, threads=1)
+    n = len(frames)
+    return frames[np.clip(idx, 0, n - 1)], n
