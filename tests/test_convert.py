@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from _data_util import (
     decode_all,
+    make_class_sorted_list,
     make_folder_tree,
     make_kinetics,
     make_ssv2,
@@ -21,6 +23,7 @@ from _data_util import (
     stream_facts,
     tar_offsets,
     write_video,
+    x264_settings,
 )
 
 from marvit.cli import main
@@ -296,3 +299,199 @@ def test_verify_catches_damage(tmp_path, capsys):
     assert C.verify(str(out)) == 1
     text = capsys.readouterr().out
     assert "train-000002.tar: missing" in text and "train-000001.tar: sha256" in text
+
+
+def test_shuffled_order_mixes_classes_and_resumes(tmp_path, monkeypatch):
+    """A class-sorted listing of 32 labels comes out with every shard mixing classes; an interrupted run
+    resumes to the same order as an uninterrupted one, every sample exactly once."""
+    src = make_class_sorted_list(tmp_path / "src", labels=32, per_label=3)
+    kw = dict(fmt="list", annotations=src["list"], split="train", short_side=32, shard_size=16, copy=True,
+              workers=1, progress=False, seed=7)  # fmt: skip
+    clean = tmp_path / "clean"
+    C.convert_split(tmp_path / "src", clean, **kw)
+    m = _manifest(clean)
+    assert m["classes"] == src["classes"]
+    entry = m["splits"]["train"]
+    assert entry["order"]["seed"] == 7 and len(entry["order"]["sha256"]) == 64
+    shards = [read_shard(clean / s["name"]) for s in entry["shards"]]
+    assert [len(sh) for sh in shards] == [16] * 6
+    for sh in shards:
+        labels = {json.loads(x["json"])["label"] for x in sh.values()}
+        assert len(labels) >= min(32, len(sh)) / 2, sorted(labels)
+    written = [json.loads(x["json"])["source"] for sh in shards for x in sh.values()]
+    assert sorted(written) == sorted(src["sources"]) and written != src["sources"]  # all, once, shuffled
+
+    # interrupted after two complete shards and part of the third, then resumed
+    out = tmp_path / "o"
+    real_add, calls = C.ShardWriter.add, {"n": 0}
+
+    def add_then_die(self, *a, **k):
+        if calls["n"] == 40:
+            raise KeyboardInterrupt
+        calls["n"] += 1
+        real_add(self, *a, **k)
+
+    monkeypatch.setattr(C.ShardWriter, "add", add_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        C.convert_split(tmp_path / "src", out, **kw)
+    monkeypatch.setattr(C.ShardWriter, "add", real_add)
+    kept = {n: (out / n).stat().st_mtime_ns for n in ("train-000000.tar", "train-000001.tar")}
+    C.convert_split(tmp_path / "src", out, **kw)
+    assert {n: (out / n).stat().st_mtime_ns for n in kept} == kept
+    a, b = _samples(out, "train"), _samples(clean, "train")
+    assert list(a) == list(b) and len(a) == 96
+    assert all(a[k]["json"] == b[k]["json"] and a[k]["cls"] == b[k]["cls"] for k in a)
+    _check_shards_against_manifest(out, "train")
+
+    # another seed, another order (and digest) of the same samples
+    other = tmp_path / "other"
+    C.convert_split(tmp_path / "src", other, **{**kw, "seed": 8})
+    c = _samples(other, "train")
+    assert sorted(c) == sorted(b) and list(c) != list(b)
+    assert _manifest(other)["splits"]["train"]["order"]["sha256"] != entry["order"]["sha256"]
+
+
+def test_short_clips_flagged_kept_or_skipped(tmp_path, capsys):
+    src = tmp_path / "src"
+    for name, n in (("one", 1), ("eight", 8), ("twenty", 20)):
+        write_video(src / f"{name}.mp4", n, seed=n)
+    (src / "train.txt").write_text("one.mp4 0\neight.mp4 1\ntwenty.mp4 0\n")
+    out = tmp_path / "keep"
+    rc = main(["convert", str(src), str(out), "--format", "list", "--annotations", str(src / "train.txt"),
+               "--short-side", "32", "--workers", "1"])  # fmt: skip
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "warning" in err and "one.mp4 (1)" in err and "eight.mp4 (8)" in err and "twenty" not in err
+    e = _manifest(out)["splits"]["train"]
+    assert e["num_samples"] == 3 and e["skipped"] == []
+    assert e["short"]["min_frames"] == 16 and e["short"]["policy"] == "keep" and e["short"]["count"] == 2
+    assert sorted((c["path"], c["frames"]) for c in e["short"]["clips"]) == [("eight.mp4", 8), ("one.mp4", 1)]
+    frames = {
+        json.loads(x["json"])["source"]: len(decode_all(x["mp4"])) for x in _samples(out, "train").values()
+    }
+    assert frames == {"one.mp4": 1, "eight.mp4": 8, "twenty.mp4": 20}
+
+    out = tmp_path / "skip"
+    rc = main(["convert", str(src), str(out), "--format", "list", "--annotations", str(src / "train.txt"),
+               "--short-side", "32", "--workers", "1", "--min-frames", "8", "--short", "skip"])  # fmt: skip
+    assert rc == 0 and "one.mp4 (1)" in capsys.readouterr().err
+    e = _manifest(out)["splits"]["train"]
+    assert e["num_samples"] == 2 and e["short"] == {"min_frames": 8, "policy": "skip", "count": 1,
+                                                    "clips": [{"path": "one.mp4", "frames": 1}]}  # fmt: skip
+    assert [s["path"] for s in e["skipped"]] == ["one.mp4"] and "short" in e["skipped"][0]["reason"]
+    sources = {json.loads(x["json"])["source"] for x in _samples(out, "train").values()}
+    assert sources == {"eight.mp4", "twenty.mp4"}
+
+
+def test_bad_inputs_name_the_file(tmp_path, capsys):
+    """Each bad input: an InputError naming the file; through the CLI one line on stderr and exit 2."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    junk = tmp_path / "junk.json"
+    junk.write_text("{not json")
+    csv_ = tmp_path / "bad.csv"
+    csv_.write_text("a,b\n1,2\n")
+    lst = tmp_path / "bad.txt"
+    lst.write_text("video.mp4 cat\n")
+    cases = [
+        (["convert", str(tmp_path / "nope"), str(tmp_path / "o"), "--format", "folder"], "nope"),
+        (["convert", str(empty), str(tmp_path / "o"), "--format", "folder"], str(empty)),
+        (["convert", str(empty), str(tmp_path / "o"), "--format", "kinetics", "--annotations",
+          str(tmp_path / "missing.csv")], "missing.csv"),
+        (["convert", str(empty), str(tmp_path / "o"), "--format", "ssv2", "--annotations", str(junk),
+          "--labels", str(junk)], str(junk)),
+        (["convert", str(empty), str(tmp_path / "o"), "--format", "kinetics", "--annotations", str(csv_)],
+         str(csv_)),
+        (["convert", str(empty), str(tmp_path / "o"), "--format", "list", "--annotations", str(lst)], str(lst)),
+        (["convert", str(empty), str(tmp_path / "o"), "--format", "folder", "--gop", "0"], "gop=0"),
+        (["verify", str(tmp_path / "nope")], "nope"),
+        (["verify", str(empty)], str(empty)),
+    ]  # fmt: skip
+    for argv, name in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert name in err and "Traceback" not in err and len(err.splitlines()) == 1, (argv, err)
+    with pytest.raises(InputError, match="nope"):
+        C.convert_split(tmp_path / "nope", tmp_path / "o", "folder", progress=False)
+    with pytest.raises(InputError, match="empty"):
+        C.verify_dir(empty)
+
+
+def test_encoding_options_round_trip(tmp_path, capsys):
+    """--gop 4, --all-intra and --no-fastdecode reach the stream (keyframes, x264's own settings string),
+    the manifest and each sample's keyint; verify passes and both loaders read batches of it."""
+    src = tmp_path / "src"
+    for c, name in enumerate(("a", "b", "c")):
+        for k in range(2):
+            write_video(src / name / f"v{k}.mp4", 20, seed=10 * c + k)
+    runs = {"gop4": ["--gop", "4"], "intra": ["--all-intra"], "plain": ["--gop", "8", "--no-fastdecode"]}
+    want_gop = {"gop4": 4, "intra": 1, "plain": 8}
+    for name, opts in runs.items():
+        out = tmp_path / name
+        rc = main(["convert", str(src), str(out), "--format", "folder", "--short-side", "32", "--workers", "1",
+                   "--shard-size", "4", *opts])  # fmt: skip
+        assert rc == 0
+        capsys.readouterr()
+        g = want_gop[name]
+        fmt = _manifest(out)["splits"]["train"]["format"]
+        assert (fmt["gop"], fmt["all_intra"], fmt["fastdecode"]) == (g, g == 1, name != "plain")
+        for x in _samples(out, "train").values():
+            facts = stream_facts(x["mp4"])
+            assert facts["keyframes"] == list(range(0, 20, g)) and facts["in_order"]
+            assert json.loads(x["json"])["keyint"] == g
+            settings = x264_settings(x["mp4"])
+            assert f"keyint={g}" in settings
+            fast = name != "plain"
+            assert ("cabac=0" in settings) == fast and ("deblock=0" in settings) == fast, settings
+        assert main(["verify", str(out), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["ok"]
+        _loader_round_trip(out)
+
+
+def _loader_round_trip(root: Path) -> None:
+    from marvit.config import DataConfig
+    from marvit.pipeline import build_loader
+    from marvit.pipeline.dali_loader import dali_available
+
+    labels = {}  # video_id (position in the split) -> class, read from the shards with tarfile
+    for s in _manifest(root)["splits"]["train"]["shards"]:
+        for x in read_shard(root / s["name"]).values():
+            labels[len(labels)] = int(x["cls"])
+    cfg = DataConfig(root=str(root), num_frames=8, sampling_rate=2, img_size=32, test_short_side=32, test_clips=1,
+                     test_crops=1, batch_size=2, num_workers=0, reprob=0.0)  # fmt: skip
+    for backend in ["pyav"] + (["dali"] if dali_available() else []):
+        train = build_loader(cfg, "train", backend=backend, train=True)
+        batch = next(iter(train))
+        assert batch["video"].shape == (2, 3, 8, 32, 32) and torch.isfinite(batch["video"]).all(), backend
+        seen = {}
+        for b in build_loader(cfg, "train", backend=backend, train=False):
+            assert torch.isfinite(b["video"]).all()
+            seen.update(zip(b["video_id"].tolist(), b["label"].tolist()))
+        assert seen == labels, backend
+
+
+def test_decode_work_rules_and_skipping_decoder():
+    """The decoded-frame rules on hand-worked cases (GOP 8 over 40 frames), and the GOP-skipping decoder:
+    the pixels of a plain full decode, with the count the skip_gops rule gives."""
+    from marvit.pipeline.video import decode_sampled, decoded_frames, keyframes
+
+    key = [0, 8, 16, 24, 32]
+    cases = {  # indices: (from_start, seek_once, skip_gops, dali)
+        (0, 4, 8, 12): (13, 13, 10, 13),
+        (17, 21, 25, 29, 33): (34, 18, 14, 18),  # seek to 16; skip_gops jumps to 24 and 32
+        (9, 9, 9, 30): (31, 23, 9, 17),  # dali: 0..9 (a gap of 9 is decoded through), then seeks to 24
+        (33, 36, 39, 42): (40, 8, 8, 8),  # past the end: clamped to 39
+    }
+    for idx, want in cases.items():
+        got = tuple(decoded_frames(idx, key, 40, r) for r in ("from_start", "seek_once", "skip_gops", "dali"))
+        assert got == want, idx
+    frames = np.stack([np.full((16, 16, 3), 6 * i, np.uint8) for i in range(40)])
+    from _data_util import encode_closed_gop
+
+    data = encode_closed_gop(frames, gop=8)
+    assert keyframes(data) == key
+    full = decode_all(data)
+    for idx in ((0, 4, 8, 12), (17, 21, 25, 29, 33), (38, 5, 20, 5), (9, 9, 9, 30)):
+        out, n = decode_sampled(data, idx)
+        np.testing.assert_array_equal(out, full[np.minimum(idx, 39)])
+        assert n == decoded_frames(idx, key, 40, "skip_gops")
