@@ -58,3 +58,21 @@ def test_decoder_counted_in_training(capsys):
     dec = n_vis * cfg.embed_dim * dd + cfg.decoder_depth * _block(n_dec, dd) + (n_dec - n_vis) * dd * 1536
     assert res["decoder_gflops"] * 1e9 == pytest.approx(dec, rel=1e-6)
     assert res["train_gflops"] == pytest.approx(res["gflops"] + res["decoder_gflops"])
+
+
+def test_standard_layout_parameters_and_pretraining_has_no_head():
+    # the standard scheme is VideoMAE's fine-tuning ViT-B: no per-token final norm, fc_norm + classifier
+    d = 768
+    std = count_flops(ModelConfig.from_name("vit_b", head="linear", num_classes=400), "none", 0.0)
+    blocks = 12 * (4 * d + 3 * d * d + 2 * d + d * d + d + 8 * d * d + 5 * d)
+    assert std["params_m"] * 1e6 == pytest.approx((d * 1536 + d) + blocks + 2 * d + d * 400 + 400, abs=0.5)
+    assert std["head_gflops"] * 1e9 == pytest.approx(d * 400, rel=1e-6)  # pooled, then one linear
+    cfg = ModelConfig.from_name("vit_s", head="none", num_frames=8, img_size=128)
+    pre = count_flops(cfg, "tube", 0.9, train=True)
+    assert pre["head_gflops"] == 0 and pre["gflops"] == pre["encoder_gflops"]
+    assert pre["train_gflops"] == pytest.approx(pre["encoder_gflops"] + pre["decoder_gflops"])
+
+
+def test_large_cell_counts_its_visible_tokens():
+    res = count_flops(ModelConfig.from_name("vit_b"), "cell_running", 0.5, cell=(7, 7))
+    assert res["visible_tokens"] == 1568 - 8 * 4 * 25  # 25 of every 49 masked

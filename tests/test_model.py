@@ -55,8 +55,8 @@ def test_preset_sizes_match_the_spec():
 
 
 def test_vit_b_parameter_count():
-    # VideoMAE ViT-B encoder: 86.2M parameters (patch embed 1.18M + 12 blocks of 7.08M + norm)
-    model = build_model(ModelConfig.from_name("vit_b", num_classes=400, head="linear"), with_decoder=False)
+    # VideoMAE ViT-B encoder: 86.2M parameters (patch embed 1.18M + 12 blocks of 7.08M + norm), as pretrained
+    model = build_model(ModelConfig.from_name("vit_b", num_classes=400, head="none"), with_decoder=False)
     enc = sum(p.numel() for p in model.encoder.parameters())
     d = 768
     expected = (
@@ -153,3 +153,82 @@ def test_checkpointed_heads_give_the_same_gradients():
     for (n, pa), pb in zip(a.named_parameters(), b.parameters()):
         torch.testing.assert_close(pa.grad, pb.grad, atol=1e-6, rtol=1e-5, msg=n)
     assert b.decoder.grad_checkpointing and b.head.grad_checkpointing
+
+
+def test_vit_b_standard_layout_parameter_count():
+    # VideoMAE's fine-tuning ViT-B (use_mean_pooling): no final per-token norm; fc_norm and the classifier
+    model = build_model(ModelConfig.from_name("vit_b", num_classes=400, head="linear"), with_decoder=False)
+    d = 768
+    blocks = 12 * (4 * d + 3 * d * d + 2 * d + d * d + d + 8 * d * d + 5 * d)
+    assert sum(p.numel() for p in model.encoder.parameters()) == (d * 3 * 2 * 16 * 16 + d) + blocks
+    assert sum(p.numel() for p in model.head.parameters()) == 2 * d + d * 400 + 400
+
+
+@pytest.mark.parametrize("head", ["bridging", "linear", "none"])
+def test_layout_follows_the_head(head):
+    torch.manual_seed(6)
+    cfg = _small("vit_s", head)
+    model = build_model(cfg).eval()
+    keys = set(model.state_dict())
+    # MAR and pretraining keep the encoder's final norm; VideoMAE's fine-tuning layout has none
+    assert ("encoder.norm.weight" in keys) == (head != "linear")
+    assert isinstance(model.encoder.norm, torch.nn.LayerNorm if head != "linear" else torch.nn.Identity)
+    video = torch.randn(2, 3, 4, 32, 32)
+    mask = make_mask("cell_running", 0.5, cfg.grid, batch=2)
+    vis, msk = split_indices(mask, num_visible("cell_running", 0.5, cfg.grid))
+    with torch.no_grad():
+        out = model(video, vis, msk)
+    assert out["pred"].shape == (2, msk.shape[1], 1536)
+    if head == "none":  # pretraining: no classification head at all
+        assert "logits" not in out and model.head is None and not any(k.startswith("head.") for k in keys)
+        with pytest.raises(RuntimeError, match="no classification head"):
+            model.forward_head(model.forward_features(video, vis))
+    else:
+        assert out["logits"].shape == (2, 5)
+
+
+def test_linear_head_pools_unnormed_tokens_then_fc_norm():
+    torch.manual_seed(7)
+    cfg = _small("vit_s", "linear")
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        for p in model.head.parameters():  # a non-trivial fc_norm and classifier
+            p.add_(torch.randn_like(p) * 0.3)
+        video = torch.randn(2, 3, 4, 32, 32)
+        w = model.encoder.patch_embed.proj
+        x = torch.nn.functional.conv3d(video, w.weight, w.bias, stride=(2, 16, 16)).flatten(2).transpose(1, 2)
+        x = x + sinusoid_table(cfg.num_tokens, cfg.embed_dim)
+        for blk in model.encoder.blocks:
+            x = blk(x)  # (B, N, D): no per-token norm after the last block
+        pooled = torch.nn.functional.layer_norm(
+            x.mean(1), (cfg.embed_dim,), model.head.norm.weight, model.head.norm.bias, eps=1e-6
+        )
+        ref = pooled @ model.head.fc.weight.T + model.head.fc.bias
+        torch.testing.assert_close(model(video)["logits"], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_classifier_init_scale():
+    # VideoMAE's fine-tuning scales the classifier by init_scale=0.001 after its trunc-normal(0.02) init;
+    # MAR's bridging head does not (its configs set no INIT_SCALE)
+    torch.manual_seed(8)
+    lin = build_model(ModelConfig.from_name("vit_s", num_classes=400, head="linear"), with_decoder=False)
+    std = lin.head.fc.weight.std().item()
+    assert 0.9 * 2e-5 < std < 1.1 * 2e-5, std
+    assert torch.all(lin.head.fc.bias == 0)
+    bridge = build_model(ModelConfig.from_name("vit_s", num_classes=400, head="bridging"), with_decoder=False)
+    std = bridge.head.fc.weight.std().item()
+    assert 0.9 * 0.02 < std < 1.1 * 0.02, std
+
+
+def test_pretraining_model_every_parameter_gets_a_gradient():
+    torch.manual_seed(9)
+    cfg = _small("vit_s", "none")
+    cfg.drop_path = 0.0
+    model = build_model(cfg)
+    video = torch.randn(2, 3, 4, 32, 32)
+    mask = make_mask("tube", 0.5, cfg.grid, batch=2, generator=torch.Generator().manual_seed(0))
+    vis, msk = split_indices(mask, num_visible("tube", 0.5, cfg.grid))
+    out = model(video, vis, msk)
+    loss = mar_loss(out.get("logits"), None, out["pred"], model.targets(video, msk), recon_weight=1.0)["loss"]
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())

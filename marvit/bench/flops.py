@@ -4,6 +4,10 @@ The count is measured, not modelled: the model is built on the meta device (no m
 under ``torch.utils.flop_counter.FlopCounterMode``, which sees every matmul, convolution and attention
 kernel (the attention matmuls included); its multiply-add count is half its FLOP count. Elementwise work
 (norms, GELU, softmax) is not counted, as in fvcore. The encoder, the head and the decoder are counted apart.
+
+The model is the one the config builds, so each layout is counted as it runs: the standard scheme
+(``head="linear"``) is VideoMAE's fine-tuning layout (no per-token final norm; mean, ``fc_norm``, linear);
+MAR's encoder keeps its final norm before the bridging classifier; pretraining (``head="none"``) has no head.
 """
 
 from __future__ import annotations
@@ -31,23 +35,24 @@ def count_flops(
     ratio: float = 0.5,
     train: bool = False,
     decoder_keep: float = 1.0,
+    cell: tuple[int, int] = (2, 2),
 ) -> dict:
     """GFLOPs (multiply-adds) of one view: encoder over the visible tokens, head, and with ``train`` the decoder.
 
     ``ratio=0`` or ``mask="none"`` gives the full clip (the standard scheme with ``cfg.head="linear"``).
     """
     strategy = "none" if ratio == 0 else mask
-    n_vis = num_visible(strategy, ratio, cfg.grid, (2, 2))
+    n_vis = num_visible(strategy, ratio, cfg.grid, cell)
     with torch.device("meta"):
         model = build_model(cfg, with_decoder=train)
     params = sum(p.numel() for p in model.parameters())
     params_infer = params - (sum(p.numel() for n, p in model.named_parameters() if n.startswith(TRAIN_ONLY)))
     video = torch.empty(1, cfg.in_chans, cfg.num_frames, cfg.img_size, cfg.img_size, device="meta")
-    m = make_mask(strategy, ratio, cfg.grid, batch=1, device="cpu")
+    m = make_mask(strategy, ratio, cfg.grid, batch=1, cell=cell, device="cpu")
     vis, msk = split_indices(m, n_vis)
     vis_arg = None if strategy == "none" else vis.to("meta")
     enc, tokens = _macs(model.forward_features, video, vis_arg)
-    head, _ = _macs(model.forward_head, tokens)
+    head = _macs(model.forward_head, tokens)[0] if model.head is not None else 0.0  # none in pretraining
     result = {
         "preset": cfg.name,
         "frames": cfg.num_frames,
@@ -77,7 +82,7 @@ def count_flops(
 
 def main(
     preset: str, frames: int, size: int, mask_ratio: float, mask: str, head: str, classes: int, train: bool,
-    decoder_keep: float, json: bool,
+    decoder_keep: float, as_json: bool,
 ) -> int:  # fmt: skip
     cfg = ModelConfig.from_name(preset, num_frames=frames, img_size=size, head=head, num_classes=classes)
     cfg.validate()
@@ -87,7 +92,7 @@ def main(
     )
     res["standard_gflops"] = count_flops(std_cfg, "none", 0.0)["gflops"]
     res["fraction_of_standard"] = res["gflops"] / res["standard_gflops"]
-    if json:
+    if as_json:
         print(_json.dumps(res))
         return 0
     rows = [(k, f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in res.items()]

@@ -9,14 +9,24 @@ Recognized layouts (detected from the keys, not from file names):
   such file; separate query/key/value weights are fused into ``qkv``;
 - marvit's own safetensors weights (the model's own key names).
 
-Files are read as data: ``torch.load(weights_only=True)`` or safetensors. Fixed sinusoid tables are never
-loaded (they are not parameters). Every shape is checked before anything is copied; a mismatch is refused
-with the key and both shapes, except a classifier of a different class count, which is skipped and
-reported when ``ignore_head_mismatch`` (the usual case: a new data set on a pretrained backbone).
+Files are read as data: ``torch.load(weights_only=True)`` or safetensors, the format told from the file's
+first bytes, not its name. A missing path, an empty directory, a truncated file, a text file under a
+checkpoint's name and a pickle that carries code each end in one :class:`~marvit.errors.InputError` naming
+the path and what was expected. Fixed sinusoid tables are never loaded (they are not parameters). Every
+shape is checked before anything is copied; a mismatch is refused with the key and both shapes, except a
+classifier of a different class count, which is skipped and reported when ``ignore_head_mismatch`` (the
+usual case: a new data set on a pretrained backbone).
+
+Which keys a model takes follows its ``cfg.head``: a linear head (VideoMAE's fine-tuning layout) takes
+``fc_norm`` and the classifier and has no encoder ``norm``, so a pretraining checkpoint's ``encoder.norm``
+is reported unexpected there, exactly as VideoMAE's fine-tuning drops it; a bridging or head-less model
+takes ``encoder.norm`` and reports a fine-tuned classifier as unexpected.
 """
 
 from __future__ import annotations
 
+import argparse
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from marvit.errors import InputError
 from marvit.model.heads import LinearHead
 
 _HF_BLOCK = {
@@ -41,6 +52,14 @@ _HF_BLOCK = {
     "layernorm_after.bias": "norm2.bias",
 }
 _FIXED_TABLES = re.compile(r"(^|\.)(pos_embed|position_embeddings)$")
+_HF_FILES = ("model.safetensors", "pytorch_model.bin")
+_EXPECTED = "a .safetensors file, a torch.save file (.pth/.pt/.bin) or a Hugging Face model directory"
+# plain attribute bags that VideoMAE's own checkpoints carry beside the weights ("args"): data, not code
+_SAFE_GLOBALS = [argparse.Namespace]
+
+
+class CheckpointNotFoundError(InputError, FileNotFoundError):
+    """No checkpoint at the path (or no weights file in the directory); a FileNotFoundError as well."""
 
 
 @dataclass
@@ -59,35 +78,89 @@ class LoadReport:
         )
 
 
+def _sniff(path: Path) -> str | None:
+    """The file's format from its first bytes (not its name): "zip" (torch.save), "pickle" (legacy
+    torch.save), "safetensors" (an 8-byte header length, then its JSON header), or None."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    if head[:1] == b"\x80":
+        return "pickle"
+    if len(head) == 9 and head[8:9] == b"{":
+        return "safetensors"
+    return None
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file or Hugging Face directory as a flat ``{key: tensor}`` (never as code)."""
+    """Read a checkpoint file or Hugging Face directory as a flat ``{key: tensor}`` (never as code).
+
+    Every way a file can be unusable ends in an :class:`InputError` naming the path and what was expected.
+    """
     path = Path(path)
     if path.is_dir():
-        for name in ("model.safetensors", "pytorch_model.bin"):
+        for name in _HF_FILES:
             if (path / name).is_file():
                 return read_state_dict(path / name)
-        raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin in this directory")
+        found = sorted(p.name for p in path.iterdir())[:8]
+        raise CheckpointNotFoundError(
+            f"{path}: no {' or '.join(_HF_FILES)} in this directory "
+            f"({'it is empty' if not found else 'it holds ' + ', '.join(found)}); expected {_EXPECTED}"
+        )
+    if not path.exists():
+        raise CheckpointNotFoundError(f"{path}: no such checkpoint file or directory; expected {_EXPECTED}")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    if path.suffix == ".safetensors":
+        raise InputError(f"{path}: not a regular file; expected {_EXPECTED}")
+    fmt = _sniff(path)
+    if fmt is None:
+        with open(path, "rb") as f:
+            head = f.read(16)
+        raise InputError(
+            f"{path}: not a checkpoint: neither safetensors nor a torch.save file "
+            f"({'it is empty' if not head else f'it begins {head!r}'}); expected {_EXPECTED}"
+        )
+    if fmt == "safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - safetensors' own error names neither the file nor a cure
+            raise InputError(
+                f"{path}: unreadable safetensors file ({e}): truncated or corrupt; copy or download it again"
+            ) from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling refusal becomes one clear message
-        raise ValueError(f"{path}: not a weights-only PyTorch checkpoint ({type(e).__name__}: {e})") from None
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            # mmap needs the zip format; a legacy pickle file is read into memory
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=fmt == "zip")
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise InputError(f"{path}: unreadable PyTorch checkpoint ({e}): truncated or corrupt") from None
+        why = re.search(r"WeightsUnpickler error: ([^\n]*?)(\. |\n|$)", str(e))
+        raise InputError(
+            f"{path}: refused: the file holds pickled Python code, not data "
+            f"({why.group(1) if why else 'objects beyond tensors'}); marvit reads checkpoints weights-only "
+            "and never runs code from a file. Re-save the weights alone (torch.save(model.state_dict(), ...) "
+            "or safetensors) from a trusted copy"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - a zip or pickle that cannot be read to the end
+        raise InputError(
+            f"{path}: unreadable PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]}): "
+            "truncated or corrupt; copy or download it again"
+        ) from None
     if isinstance(obj, dict):
         for key in ("model", "module", "state_dict"):
             if key in obj and isinstance(obj[key], dict):
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: expected a mapping of tensor names to tensors (under 'model' or 'module')")
+        raise InputError(
+            f"{path}: expected a mapping of tensor names to tensors (at the top or under 'model', 'module' "
+            f"or 'state_dict'), got {type(obj).__name__}"
+        )
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def detect_layout(sd: dict[str, torch.Tensor]) -> str:
+def detect_layout(sd: dict[str, torch.Tensor], path: str | Path = "checkpoint") -> str:
     keys = list(sd)
     if any(k.startswith(("videomae.", "embeddings.patch_embeddings", "encoder.layer.")) for k in keys):
         return "huggingface"
@@ -95,17 +168,22 @@ def detect_layout(sd: dict[str, torch.Tensor]) -> str:
         return "videomae_pretrain"  # also marvit's own layout, which is the same naming
     if any(k.startswith("patch_embed.") for k in keys):
         return "videomae_finetune"
-    raise ValueError(
-        "unrecognized checkpoint layout: expected VideoMAE (encoder.patch_embed.* or patch_embed.*) or "
+    raise InputError(
+        f"{path}: unrecognized checkpoint layout: expected VideoMAE (encoder.patch_embed.* or patch_embed.*) or "
         f"Hugging Face VideoMAE (videomae.embeddings.*) keys; first keys: {keys[:5]}"
     )
 
 
 def convert_state_dict(
-    sd: dict[str, torch.Tensor], head: str = "bridging"
+    sd: dict[str, torch.Tensor], head: str = "bridging", path: str | Path = "checkpoint"
 ) -> tuple[str, dict[str, torch.Tensor]]:
-    """Rename a checkpoint's keys to marvit's (VideoMAE naming). Returns (layout, converted dict)."""
-    layout = detect_layout(sd)
+    """Rename a checkpoint's keys to marvit's (VideoMAE naming). Returns (layout, converted dict).
+
+    ``head`` is the target model's ``cfg.head``: only a linear head takes a checkpoint's ``fc_norm`` and
+    classifier (``head`` / ``classifier``). A key with no marvit counterpart keeps its checkpoint name, so
+    the load report lists it as it appears in the file.
+    """
+    layout = detect_layout(sd, path)
     out: dict[str, torch.Tensor] = {}
     head_keys = (
         {"fc_norm": "head.norm", "head": "head.fc", "classifier": "head.fc"} if head == "linear" else {}
@@ -116,17 +194,17 @@ def convert_state_dict(
                 out[k] = v
     elif layout == "videomae_finetune":
         for k, v in sd.items():
-            first = k.split(".")[0]
+            first, _, rest = k.partition(".")
             if first in ("patch_embed", "blocks", "norm"):
                 out["encoder." + k] = v
-            elif first in ("fc_norm", "head"):
-                out[k.replace(first, head_keys.get(first, f"unmapped.{first}"), 1)] = v
-            else:
+            elif first in head_keys:
+                out[f"{head_keys[first]}.{rest}"] = v
+            else:  # a fine-tuned classifier into a head-less or bridging model, or unknown keys
                 out[k] = v
     else:
         qkv: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
-        for k, v in sd.items():
-            k = k.removeprefix("videomae.")
+        for key, v in sd.items():
+            k = key.removeprefix("videomae.")
             m = re.match(r"(encoder\.layer|decoder\.decoder_layers)\.(\d+)\.(.+)$", k)
             if m:
                 where = "encoder" if m.group(1) == "encoder.layer" else "decoder"
@@ -134,20 +212,25 @@ def convert_state_dict(
                 q = re.match(r"attention\.attention\.(query|key|value)\.weight$", rest)
                 if q:
                     qkv.setdefault((where, idx), {})[q.group(1)] = v
-                    continue
-                out[f"{where}.blocks.{idx}.{_HF_BLOCK.get(rest, 'unmapped.' + rest)}"] = v
+                elif rest in _HF_BLOCK:
+                    out[f"{where}.blocks.{idx}.{_HF_BLOCK[rest]}"] = v
+                else:
+                    out[key] = v
             elif k.startswith("embeddings.patch_embeddings.projection."):
                 out["encoder.patch_embed.proj." + k.rsplit(".", 1)[1]] = v
-            elif k.startswith("layernorm."):
+            elif k.startswith("layernorm."):  # absent in the mean-pooling (fine-tuning) layout
                 out["encoder.norm." + k.split(".", 1)[1]] = v
-            elif k.startswith(("fc_norm.", "classifier.")):
+            elif head == "linear" and k.startswith(("fc_norm.", "classifier.")):
                 first, rest = k.split(".", 1)
-                out[f"{head_keys.get(first, 'unmapped.' + first)}.{rest}"] = v
-            else:  # encoder_to_decoder.weight, mask_token, decoder.norm.*, decoder.head.*, tables
-                out[k] = v
+                out[f"{head_keys[first]}.{rest}"] = v
+            else:  # encoder_to_decoder.weight, mask_token, decoder.norm.*, decoder.head.*, tables, others
+                out[key] = v
         for (where, idx), parts in qkv.items():
             if set(parts) != {"query", "key", "value"}:
-                raise ValueError(f"{where} layer {idx}: query/key/value weights incomplete ({sorted(parts)})")
+                raise InputError(
+                    f"{path}: {where} layer {idx}: query/key/value weights incomplete (has {sorted(parts)}); "
+                    "expected all three"
+                )
             out[f"{where}.blocks.{idx}.attn.qkv.weight"] = torch.cat(
                 [parts["query"], parts["key"], parts["value"]]
             )
@@ -158,11 +241,16 @@ def convert_state_dict(
 def load_pretrained(model: nn.Module, path: str | Path, ignore_head_mismatch: bool = True) -> LoadReport:
     """Load a VideoMAE / Hugging Face / marvit checkpoint into ``model``; returns what was loaded and not.
 
-    Raises ``ValueError`` naming the key and both shapes on any shape mismatch (a classifier of another
-    class count is skipped instead when ``ignore_head_mismatch``).
+    Raises :class:`InputError` naming the path, the key and both shapes on any shape mismatch (a head key of
+    another shape, e.g. a classifier of another class count, is skipped instead when
+    ``ignore_head_mismatch``), and on any unreadable file.
+    ``report.missing`` is exactly the model's keys left at their initialization, ``report.unexpected``
+    exactly the checkpoint's keys (as marvit names them) the model has no place for.
     """
-    head = "linear" if isinstance(getattr(model, "head", None), LinearHead) else "bridging"
-    layout, sd = convert_state_dict(read_state_dict(path), head=head)
+    head = getattr(getattr(model, "cfg", None), "head", None)
+    if head is None:  # a bare module: tell the heads apart by type
+        head = "linear" if isinstance(getattr(model, "head", None), LinearHead) else "bridging"
+    layout, sd = convert_state_dict(read_state_dict(path), head=head, path=path)
     own = model.state_dict()
     report = LoadReport(path=str(path), layout=layout)
     to_load: dict[str, torch.Tensor] = {}
@@ -171,19 +259,24 @@ def load_pretrained(model: nn.Module, path: str | Path, ignore_head_mismatch: bo
             report.unexpected.append(k)
             continue
         if tuple(v.shape) != tuple(own[k].shape):
-            if ignore_head_mismatch and k.startswith("head.fc."):
+            if ignore_head_mismatch and k.startswith("head."):  # a new task's head: keep it initialized
                 report.skipped.append(k)
                 continue
-            raise ValueError(
+            raise InputError(
                 f"{path}: shape mismatch for {k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)} "
                 "(does the model config match the checkpoint's size, tubelet and patch?)"
             )
         to_load[k] = v.to(own[k].dtype)
     result = model.load_state_dict(to_load, strict=False)
-    # strict accounting after the non-strict load: the loaded set is exactly what was offered
-    assert not result.unexpected_keys, result.unexpected_keys
+    # strict accounting after the non-strict load: exactly what was offered loaded, exactly the rest missing
+    missing = sorted(set(own) - set(to_load))
+    if result.unexpected_keys or sorted(result.missing_keys) != missing:
+        raise RuntimeError(
+            f"{path}: load accounting failed: unexpected {sorted(result.unexpected_keys)}, "
+            f"missing {sorted(result.missing_keys)} vs expected {missing}"
+        )
     report.loaded = sorted(to_load)
-    report.missing = sorted(set(result.missing_keys))
+    report.missing = missing
     report.unexpected.sort()
     report.skipped.sort()
     return report

@@ -4,6 +4,11 @@ The patch embedding is a Conv3d with kernel = stride = tubelet (``patch_embed.pr
 it), but it is applied through :func:`marvit.kernels.masked_patch_embed`, which reads only the visible
 tubelets, projects them as a GEMM and adds their fixed sinusoid positions: ``(B, N_vis, D)`` without ever
 building the full token tensor. The blocks then attend over the visible tokens alone.
+
+The final per-token LayerNorm is part of MAR's encoder and of VideoMAE pretraining. VideoMAE's fine-tuning
+layout (``use_mean_pooling``, every published fine-tuned checkpoint) has none: its tokens are mean-pooled
+first and normalized once (``fc_norm``, in :class:`~marvit.model.heads.LinearHead`), so ``final_norm=False``
+leaves ``norm`` an ``nn.Identity`` (no parameters, nothing to load).
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ class PatchEmbed(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """VideoMAE's ViT: patch embedding, fixed sinusoid positions, pre-norm blocks, final LayerNorm."""
+    """VideoMAE's ViT: patch embedding, fixed sinusoid positions, pre-norm blocks, final LayerNorm (unless
+    ``final_norm=False``: the fine-tuning layout, whose head normalizes the pooled tokens instead)."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, final_norm: bool = True) -> None:
         super().__init__()
         self.cfg = cfg
         self.patch_embed = PatchEmbed(cfg.in_chans, cfg.embed_dim, cfg.tubelet_size, cfg.patch_size)
@@ -38,7 +44,7 @@ class VisionTransformer(nn.Module):
             Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, drop_path=dpr[i], bias="qv")
             for i in range(cfg.depth)
         )
-        self.norm = LayerNorm(cfg.embed_dim)
+        self.norm = LayerNorm(cfg.embed_dim) if final_norm else nn.Identity()
 
     def forward(self, video: torch.Tensor, visible_idx: torch.Tensor | None = None) -> torch.Tensor:
         """video: (B, C, T, H, W); visible_idx: (B, N_vis) sorted, or None for every token -> (B, N_vis, D)."""

@@ -3,7 +3,12 @@
 The bridging classifier closes the semantic gap between the reconstruction-shaped encoder features and the
 class: a linear projection to a narrower width, a few transformer blocks over the visible tokens (no
 positional embeddings and no mask tokens: both hurt accuracy in the paper), mean over tokens, LayerNorm,
-dropout and the class projection. The linear head is VideoMAE's fine-tuning head: mean, LayerNorm, Linear.
+dropout and the class projection. The linear head is VideoMAE's fine-tuning head (``use_mean_pooling``):
+mean over the tokens of an encoder without a final norm, LayerNorm (VideoMAE's ``fc_norm``), dropout, Linear.
+
+``INIT_SCALE`` multiplies the class projection's weight and bias after initialization: VideoMAE's fine-tuning
+uses ``init_scale=0.001``; MAR's bridging head leaves it unscaled (its ``TransformerBridgingClsHead`` scales
+only when ``VIDEO.HEAD.INIT_SCALE`` is set, and no MAR config sets it).
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ from marvit.model.layers import Block, LayerNorm, run_blocks
 
 
 class LinearHead(nn.Module):
+    INIT_SCALE = 1e-3  # VideoMAE run_class_finetuning.py --init_scale default
+
     def __init__(self, dim: int, num_classes: int, dropout: float = 0.0) -> None:
         super().__init__()
-        self.norm = LayerNorm(dim)
+        self.norm = LayerNorm(dim)  # VideoMAE's fc_norm
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(dim, num_classes)
 
@@ -26,6 +33,8 @@ class LinearHead(nn.Module):
 
 
 class BridgingClassifier(nn.Module):
+    INIT_SCALE = 1.0  # MAR's official configs set no VIDEO.HEAD.INIT_SCALE
+
     def __init__(
         self, dim: int, num_classes: int, width: int = 512, depth: int = 2, heads: int = 4,
         mlp_ratio: float = 4.0, dropout: float = 0.1,

@@ -2,8 +2,14 @@
 
 One class with single-purpose methods (MAE style): ``forward_features`` (encoder), ``forward_head``
 (bridging or linear head), ``forward_decoder`` (reconstruction of the chosen masked tokens) and
-:func:`mar_loss`. The standard scheme is the same class with every token visible, the linear head and no
-decoder; VideoMAE pretraining uses the encoder and decoder without the head's loss.
+:func:`mar_loss`. The layout follows ``cfg.head`` alone:
+
+- ``"bridging"`` (MAR): the encoder's final-normed visible tokens feed the bridging classifier;
+- ``"linear"`` (the standard scheme): VideoMAE's fine-tuning layout exactly (``use_mean_pooling``): the
+  encoder has no per-token final norm; tokens -> mean -> ``fc_norm`` -> dropout -> Linear, so published
+  fine-tuned checkpoints load and give their own logits;
+- ``"none"`` (VideoMAE pretraining): the final-normed encoder and the decoder, no classification head, and
+  ``forward`` returns no ``"logits"``.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from marvit.config import ModelConfig
+from marvit.config import ConfigError, ModelConfig
 from marvit.model.decoder import Decoder, tubelet_targets
 from marvit.model.encoder import VisionTransformer
 from marvit.model.heads import BridgingClassifier, LinearHead
@@ -25,14 +31,18 @@ TRAIN_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token")
 class MARModel(nn.Module):
     def __init__(self, cfg: ModelConfig, with_decoder: bool = True) -> None:
         super().__init__()
+        if cfg.head not in ("bridging", "linear", "none"):
+            raise ConfigError(f"model.head={cfg.head!r}: allowed values are ['bridging', 'linear', 'none']")
         self.cfg = cfg
-        self.encoder = VisionTransformer(cfg)
+        # the fine-tuning layout normalizes the pooled tokens (fc_norm) instead of every token
+        self.encoder = VisionTransformer(cfg, final_norm=cfg.head != "linear")
+        self.head: BridgingClassifier | LinearHead | None = None
         if cfg.head == "bridging":
-            self.head: nn.Module = BridgingClassifier(
+            self.head = BridgingClassifier(
                 cfg.embed_dim, cfg.num_classes, cfg.bridge_dim, cfg.bridge_depth, cfg.bridge_heads,
                 cfg.bridge_mlp_ratio, cfg.head_dropout,
             )  # fmt: skip
-        else:
+        elif cfg.head == "linear":
             self.head = LinearHead(cfg.embed_dim, cfg.num_classes, cfg.head_dropout)
         self.with_decoder = with_decoder
         if with_decoder:
@@ -45,14 +55,20 @@ class MARModel(nn.Module):
         self.apply(init_weights)
         if with_decoder:
             nn.init.trunc_normal_(self.mask_token, std=0.02)
+        if self.head is not None:
+            with torch.no_grad():  # VideoMAE's init_scale of the class projection (1 for MAR's bridging head)
+                self.head.fc.weight.mul_(self.head.INIT_SCALE)
+                self.head.fc.bias.mul_(self.head.INIT_SCALE)
 
     # ---- pieces -----------------------------------------------------------------------------------
     def forward_features(self, video: torch.Tensor, visible_idx: torch.Tensor | None = None) -> torch.Tensor:
-        """video: (B, C, T, H, W) -> (B, N_vis, D) after the encoder's final norm."""
+        """video: (B, C, T, H, W) -> (B, N_vis, D), final-normed except in the linear-head layout."""
         return self.encoder(video, visible_idx)
 
     def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: (B, N_vis, D) -> logits (B, classes)."""
+        if self.head is None:
+            raise RuntimeError("this model has no classification head (model.head='none': pretraining)")
         return self.head(tokens)
 
     def forward_decoder(
@@ -75,12 +91,11 @@ class MARModel(nn.Module):
         video: torch.Tensor,
         visible_idx: torch.Tensor | None = None,
         target_idx: torch.Tensor | None = None,
-        with_logits: bool = True,
     ) -> dict[str, torch.Tensor]:
-        """Logits (unless ``with_logits=False``) and, when ``target_idx`` is given, the reconstructions."""
+        """``logits`` (B, classes) when the model has a head and, when ``target_idx`` is given, ``pred``."""
         tokens = self.forward_features(video, visible_idx)
         out = {}
-        if with_logits:
+        if self.head is not None:
             out["logits"] = self.forward_head(tokens)
         if target_idx is not None:
             out["pred"] = self.forward_decoder(tokens, visible_idx, target_idx)
