@@ -15,6 +15,17 @@ the steady state over ``clips`` clips in all. CPU milliseconds per clip (this pr
 the reaped workers) are reported too: on a machine shared with other jobs they are steadier than clips/s. DALI's pipeline may prefetch up to two batches while the
 baseline is timed, a small bias in DALI's favour. Prints a table, or JSON with ``--json``; ``--out DIR``
 writes ``DIR/pipeline.json``.
+
+Decode work per clip is reported beside the speed: bytes read per clip (every member of a sample, as both
+loaders read a sample whole; the naive loader reads the mp4 file) and decoded frames per clip. The loaders
+do not report which frames they drew, so the decoded frames are the expectation over the shard set: for
+each sample, many clips drawn with the same sampling as the loaders (16 frames at stride 4, a uniform
+start), counted with the sample's own keyframe positions by the rule each loader's decoder follows
+(:func:`marvit.pipeline.video.decoded_frames`): DALI's FramesDecoder (``dali``: forward gaps of at most 10
+frames decoded through, so at stride 4 it decodes from the keyframe before the first sampled frame to the
+last), the PyAV loader's seek to the first frame's keyframe and decode through the last (``seek_once``,
+unless the loader module names another rule in ``DECODE_RULE``), the naive loader from frame 0
+(``from_start``).
 """
 
 from __future__ import annotations
@@ -36,11 +47,43 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from marvit.config import DataConfig
+from marvit.errors import InputError
 from marvit.pipeline import build_loader
+from marvit.pipeline.manifest import MANIFEST, atomic_write_json
 from marvit.pipeline.sampling import kinetics_train
 from marvit.pipeline.shards import find_shards, parse_meta
+from marvit.pipeline.video import decoded_frames, keyframes
 
 ROUNDS = 3
+DRAWS = 32  # sampled clips per sample for the expected decoded frames
+
+
+def decode_rule(backend: str) -> str:
+    """The decoded-frame rule of a loader's decoder (see the module docstring)."""
+    if backend == "naive":
+        return "from_start"
+    if backend == "dali":
+        return "dali"
+    from marvit.pipeline import pyav_loader
+
+    return getattr(pyav_loader, "DECODE_RULE", "seek_once")
+
+
+def _check_source(shards: str) -> None:
+    """A missing or empty shard source is a bad input, named, before any work."""
+    p = Path(shards)
+    if p.is_dir():
+        if not (p / MANIFEST).is_file():
+            raise InputError(
+                f"--shards {shards}: no {MANIFEST} there; expected a `marvit convert` output directory"
+            )
+        return
+    import glob
+
+    import braceexpand
+
+    if not any(glob.glob(pat) for pat in braceexpand.braceexpand(shards)):
+        raise InputError(f"--shards {shards}: no such directory, and no file matches it as a shard pattern")
 
 
 class NaiveVideoDataset(Dataset):
@@ -86,9 +129,9 @@ class NaiveVideoDataset(Dataset):
         return torch.stack(out, 1), label  # (3, T, S, S)
 
 
-def _extract(shards, tmp: Path) -> list[tuple[str, int, int]]:
-    """Write every sample's mp4 to ``tmp`` as a file: (path, frame count, label)."""
-    items, parts = [], {}
+def _extract(shards, tmp: Path) -> tuple[list[tuple[str, int, int]], list[int]]:
+    """Write every sample's mp4 to ``tmp`` as a file: (path, frame count, label); and each sample's bytes."""
+    items, parts, sizes = [], {}, []
     for url in shards.urls:
         with tarfile.open(url) as tf:
             for m in tf:
@@ -103,7 +146,21 @@ def _extract(shards, tmp: Path) -> list[tuple[str, int, int]]:
         path = tmp / f"{len(items):06d}.mp4"
         path.write_bytes(p["mp4"])
         items.append((str(path), n, label))
-    return items
+        sizes.append(sum(len(v) for v in p.values()))
+    return items, sizes
+
+
+def decode_work(items: list[tuple[str, int, int]], cfg: DataConfig, rules: list[str], seed: int = 0) -> dict:
+    """Expected decoded frames per clip under each rule, over ``DRAWS`` clips drawn per sample."""
+    rng = np.random.default_rng(seed)
+    total = dict.fromkeys(rules, 0)
+    for path, n, _ in items:
+        keys = keyframes(path)
+        for _ in range(DRAWS):
+            idx = kinetics_train(n, cfg.num_frames, cfg.sampling_rate, float(rng.random()))
+            for r in rules:
+                total[r] += decoded_frames(idx, keys, n, r)
+    return {r: t / (DRAWS * max(1, len(items))) for r, t in total.items()}
 
 
 def _cpu_seconds() -> float:
@@ -144,8 +201,9 @@ def main(
     frames: int = 16,
     size: int = 224,
     out: str | None = None,
-    json: bool = False,  # the CLI's keyword; the module is imported as jsonlib
+    as_json: bool = False,
 ) -> int:
+    _check_source(shards)
     cfg = DataConfig(num_frames=frames, img_size=size, test_short_side=size, batch_size=batch,
                      num_workers=workers, sampling="kinetics", sampling_rate=4)  # fmt: skip
     shard_set = find_shards(shards, split)
@@ -156,7 +214,13 @@ def main(
             yield b["video"]
 
     with tempfile.TemporaryDirectory(prefix="marvit_bench_") as tmp:
-        items = _extract(shard_set, Path(tmp))
+        items, sizes = _extract(shard_set, Path(tmp))
+        rules = {backend: decode_rule(backend), "naive": decode_rule("naive")}
+        work = decode_work(items, cfg, sorted(set(rules.values())))
+        read = {
+            backend: float(np.mean(sizes)),
+            "naive": float(np.mean([Path(p).stat().st_size for p, _, _ in items])),
+        }
         naive = DataLoader(NaiveVideoDataset(items, cfg), batch_size=batch, shuffle=True, num_workers=workers,
                            drop_last=True, persistent_workers=False)  # fmt: skip
 
@@ -178,7 +242,9 @@ def main(
                     acc[name][4] += made
     results = [
         {"loader": name, "clips": n, "seconds": dt, "clips_per_s": n / dt, "frames_per_s": n * frames / dt,
-         "startup_s": float(np.median(st)), "cpu_ms_per_clip": 1000.0 * cpu / made}
+         "startup_s": float(np.median(st)), "cpu_ms_per_clip": 1000.0 * cpu / made,
+         "decoded_frames_per_clip": work[rules[name]], "decode_rule": rules[name],
+         "bytes_read_per_clip": read[name]}
         for name, (n, dt, st, cpu, made) in acc.items()
     ]  # fmt: skip
     report = {
@@ -200,17 +266,19 @@ def main(
     }
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "pipeline.json").write_text(jsonlib.dumps(report, indent=2))
-    if json:
+        atomic_write_json(Path(out) / "pipeline.json", report, indent=2)
+    if as_json:
         print(jsonlib.dumps(report, indent=2))
         return 0
     print(f"pipeline bench: {shard_set.num_samples} {split} samples from {shards}, "
           f"clips {frames}x{size}x{size}, "
           f"batch {batch}, {workers} workers, {os.cpu_count()} CPUs")  # fmt: skip
-    print(f"{'loader':<8} {'clips/s':>9} {'frames/s':>10} {'CPU ms/clip':>12} {'startup s':>10} {'clips':>6}")
+    print(f"{'loader':<8} {'clips/s':>9} {'frames/s':>10} {'CPU ms/clip':>12} {'decoded/clip':>13} "
+          f"{'KB read/clip':>13} {'startup s':>10} {'clips':>6}  decode rule")  # fmt: skip
     for r in results:
         print(f"{r['loader']:<8} {r['clips_per_s']:>9.2f} {r['frames_per_s']:>10.1f} {r['cpu_ms_per_clip']:>12.1f} "
-              f"{r['startup_s']:>10.2f} {r['clips']:>6}")  # fmt: skip
+              f"{r['decoded_frames_per_clip']:>13.1f} {r['bytes_read_per_clip'] / 1e3:>13.1f} "
+              f"{r['startup_s']:>10.2f} {r['clips']:>6}  {r['decode_rule']}")  # fmt: skip
     print(
         f"{backend} over the naive loader: {report['speedup_vs_naive']:.2f}x clips/s, "
         f"{report['cpu_ratio_naive_over_ours']:.2f}x less CPU per clip"

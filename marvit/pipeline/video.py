@@ -357,14 +357,17 @@ def decoded_frames(indices: Iterable[int], keyframes: list[int], num_frames: int
     return n
 
 
-def decode_sampled(src: Source, indices: Iterable[int]) -> tuple[np.ndarray, int]:
+def decode_sampled(src: Source, indices: Iterable[int], rule: str = "skip_gops") -> tuple[np.ndarray, int]:
     """The frames at ``indices`` (any order, repeats allowed, clamped to the video) as ``uint8 (N, H, W, 3)``
-    RGB, and how many frames were decoded: the ``skip_gops`` rule of :func:`decoded_frames`.
+    RGB, and how many frames were decoded: the ``skip_gops`` rule of :func:`decoded_frames` (or, with
+    ``rule="seek_once"``, every frame from the first wanted frame's keyframe through the last).
 
     Works on packets: every packet is read (cheap), but only those from the keyframe before a wanted frame
     through that frame reach the decoder, so whole GOPs between sampled frames are never decoded. Needs
     one packet per frame in presentation order (no B-frames, as ``marvit convert`` writes); any other stream
     is decoded from its first frame."""
+    if rule not in ("skip_gops", "seek_once"):
+        raise ValueError(f"rule={rule!r}: expected 'skip_gops' or 'seek_once'")
     idx = [int(i) for i in indices]
     ref = VideoReformatter()
     with _open(src) as container:
@@ -385,7 +388,7 @@ def decode_sampled(src: Source, indices: Iterable[int]) -> tuple[np.ndarray, int
         cc, pos, count, got = stream.codec_context, 0, 0, {}
         try:
             for f in want:
-                if f < pos or kf[f] > pos:
+                if (f < pos or kf[f] > pos) and (rule == "skip_gops" or count == 0):
                     if pos:
                         cc.flush_buffers()
                     pos = kf[f]
