@@ -4,6 +4,7 @@ webdataset + DALI's wds2idx), independently of marvit's converter."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from collections import Counter
@@ -14,8 +15,9 @@ import pytest
 import torch
 
 from marvit.config import DataConfig
+from marvit.errors import InputError
 from marvit.pipeline import build_loader, mixup_fn
-from marvit.pipeline.augment import erase_clips_
+from marvit.pipeline.augment import AugmentRecipe, erase_clips_
 from marvit.pipeline.dali_loader import dali_available
 from marvit.pipeline.pyav_loader import decode_clip
 
@@ -24,6 +26,11 @@ BACKENDS = [
     pytest.param("dali", marks=pytest.mark.skipif(not dali_available(), reason="no DALI decoder")),
 ]
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def _load(cfg: DataConfig, split: str, backend: str, **kw):
+    """build_loader with ``backend`` as ``data.backend`` (the contract reads it from the config)."""
+    return build_loader(dataclasses.replace(cfg, backend=backend), split, **kw)
 
 
 def _cfg(root, **kw) -> DataConfig:
@@ -88,7 +95,7 @@ def test_dali_and_pyav_give_the_same_test_views(ids_root, short: int) -> None:
     cfg = _cfg(ids_root, test_short_side=short, img_size=short - 8, num_workers=0)
     out = {}
     for be in ("dali", "pyav"):
-        batches = list(build_loader(cfg, "val", be, train=False))
+        batches = list(_load(cfg, "val", be, train=False))
         cat = {k: torch.cat([b[k].cpu() for b in batches]) for k in ("video", "label", "video_id", "view")}
         order = torch.argsort(cat["video_id"] * 100 + cat["view"])
         out[be] = {k: v[order] for k, v in cat.items()}
@@ -117,7 +124,7 @@ def test_training_augmentation_is_one_choice_per_clip(still_root, backend: str) 
     """Every frame of a clip is the same picture, so after crop, flip and RandAugment all output frames
     must still be the same, while different clips get different crops."""
     cfg = _cfg(still_root, batch_size=4, num_workers=1, img_size=32, rand_augment=True, min_area=0.2)
-    loader = build_loader(cfg, "train", backend, seed=3)
+    loader = _load(cfg, "train", backend, seed=3)
     videos = torch.cat([b["video"].cpu() for b in loader])  # (N, 3, T, S, S)
     assert videos.shape[1:] == (3, 8, 32, 32)
     per_frame = (_uint8(videos) - _uint8(videos[:, :, :1])).abs().amax(dim=(1, 2, 3, 4))
@@ -147,7 +154,7 @@ def test_flip_swaps_labels_with_the_map(tagged_root, backend: str) -> None:
         cfg = _cfg(tagged_root, batch_size=3, num_workers=1, rand_augment=False, min_area=0.5, flip=flip,
                    flip_label_map=flip_map)  # fmt: skip
         for epoch in range(2 if flip else 1):
-            for b in build_loader(cfg, "train", backend, seed=epoch, epoch=epoch):
+            for b in _load(cfg, "train", backend, seed=epoch, epoch=epoch):
                 x = _uint8(b["video"])[:, :, 0]  # (N, 3, S, S) first frames
                 flipped = (x[:, 0, :, :4].mean((1, 2)) > x[:, 0, :, -4:].mean((1, 2))).tolist()
                 orig = torch.round((x[:, 2].mean((1, 2)) - 40) / 80).long().tolist()
@@ -160,15 +167,15 @@ def test_flip_swaps_labels_with_the_map(tagged_root, backend: str) -> None:
 
 def test_flip_label_map_per_row() -> None:
     """The PyAV twin maps the label of each flipped clip (checked row by row on known labels)."""
-    from marvit.pipeline.augment import ClipTrainAugment
+    from marvit.pipeline.augment import AugmentRecipe, ClipTrainAugment
 
     cfg = DataConfig(img_size=32, rand_augment=False, min_area=1.0, flip_label_map={0: 1, 1: 0})
-    aug = ClipTrainAugment(cfg)
+    aug = ClipTrainAugment(AugmentRecipe.from_config(cfg), cfg.img_size)
     frames = U.make_frames(4, identical=True)
-    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
     seen = set()
     for _ in range(20):
-        out, flipped = aug(frames)
+        out, flipped, _ = aug(frames, rng)
         red = out[0, :, :, 0].astype(float)
         assert flipped == bool(red[:, :4].mean() > red[:, -4:].mean())
         seen.add(flipped)
@@ -188,13 +195,10 @@ def test_normalize_matches_plain_formula() -> None:
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
 
 
-def test_random_erasing_is_one_box_per_clip() -> None:
-    torch.manual_seed(0)
-    import random
-
-    random.seed(0)
+def test_random_erasing_is_one_box_per_clip_when_not_per_frame() -> None:
+    """``erase_per_frame=False``: one box through every channel and frame of a clip."""
     v = torch.zeros(6, 3, 8, 32, 32)
-    erase_clips_(v, 1.0)
+    erase_clips_(v, AugmentRecipe(erase_prob=1.0, erase_per_frame=False), seed=0)
     for clip in v:
         mask = clip != 0  # (3, T, H, W)
         assert mask.any()
@@ -213,8 +217,7 @@ def _eval_ids(root, backend: str, world_size: int, epochs: int = 1) -> list[Coun
     cfg = _cfg(root, num_workers=2, test_clips=1, test_crops=3, test_short_side=48, img_size=48)
     per_epoch = []
     loaders = [
-        build_loader(cfg, "val", backend, rank=r, world_size=world_size, train=False)
-        for r in range(world_size)
+        _load(cfg, "val", backend, rank=r, world_size=world_size, train=False) for r in range(world_size)
     ]
     for _ in range(epochs):
         ids: Counter = Counter()
@@ -266,19 +269,22 @@ def test_pyav_skips_and_counts_corrupt_videos(tmp_path) -> None:
     ]
     U.write_shards(tmp_path, good[:2] + bad + good[2:], split="val", per_shard=4)
     cfg = _cfg(tmp_path, test_clips=1, test_crops=1, img_size=48, num_workers=0)
-    loader = build_loader(cfg, "val", "pyav", train=False)
+    loader = _load(cfg, "val", "pyav", train=False)
     with pytest.warns(UserWarning, match="skipping .*garbage"):
         ids = [i for b in loader for i in b["video_id"].tolist()]
     assert sorted(ids) == [0, 1, 5, 6]  # positions of the good clips in the split
-    assert sorted(loader.skipped) == ["empty", "garbage", "truncated"]
+    skipped = loader.skipped()
+    assert sorted(w.split("'")[1] for w in skipped["samples"]) == ["empty", "garbage", "truncated"]
+    assert skipped["count"] == 3 and skipped["reasons"] == {"undecodable video": 3}
     # in DataLoader workers too, and in training
     cfg2 = _cfg(tmp_path, batch_size=2, num_workers=2)
-    train = build_loader(cfg2, "val", "pyav", train=True)
+    train = _load(cfg2, "val", "pyav", train=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         n = sum(b["video"].shape[0] for b in train)
     assert n == len(train) * 2 and len(train) == 7 // 2
-    assert set(train.skipped) <= {"empty", "garbage", "truncated"} and train.skipped
+    keys = {w.split("'")[1] for w in train.skipped()["samples"]}
+    assert keys <= {"empty", "garbage", "truncated"} and keys and train.skipped()["count"] >= len(keys)
 
 
 @pytest.mark.skipif(not dali_available(), reason="no DALI decoder")
@@ -287,8 +293,8 @@ def test_dali_names_a_corrupt_video_and_the_way_out(tmp_path) -> None:
     bad = {"key": "garbage", "mp4": np.random.default_rng(1).bytes(2000), "label": 0, "frames": 12}
     U.write_shards(tmp_path, [good, bad], split="val", per_shard=2)
     cfg = _cfg(tmp_path, test_clips=1, test_crops=1, img_size=48, num_workers=0, batch_size=2)
-    with pytest.raises(RuntimeError, match="(?s)marvit verify.*pyav.*garbage.mp4"):
-        list(build_loader(cfg, "val", "dali", train=False))
+    with pytest.raises(InputError, match="(?s)val-000000.tar.*garbage.*marvit verify.*pyav"):
+        list(_load(cfg, "val", "dali", train=False))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -314,18 +320,18 @@ def test_missing_frame_count_is_a_clear_error(tmp_path, backend: str) -> None:
     subprocess.run(["wds2idx", str(tar), str(tar.with_suffix(".idx"))], check=True, capture_output=True)
     cfg = _cfg(tmp_path, test_clips=1, test_crops=1, img_size=48, num_workers=0, batch_size=1)
     with pytest.raises(Exception, match="nometa.*'frames'"):
-        list(build_loader(cfg, "val", backend, train=False))
+        list(_load(cfg, "val", backend, train=False))
 
 
 def test_build_loader_errors(ids_root) -> None:
     with pytest.raises(ValueError, match="backend='tf'"):
-        build_loader(_cfg(ids_root), "val", "tf")
+        _load(_cfg(ids_root), "val", "tf")
     with pytest.raises(KeyError, match="no split 'test'"):
-        build_loader(_cfg(ids_root), "test", "pyav")
+        _load(_cfg(ids_root), "test", "pyav")
     with pytest.raises(ValueError, match="data.root is not set"):
-        build_loader(DataConfig(), "val", "pyav")
+        _load(DataConfig(), "val", "pyav")
     with pytest.raises(ValueError, match="cannot fill one training batch"):
-        build_loader(_cfg(ids_root, batch_size=8), "val", "pyav", world_size=2, train=True)
+        _load(_cfg(ids_root, batch_size=8), "val", "pyav", world_size=2, train=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -374,7 +380,7 @@ def test_bench_pipeline_smoke(still_root, tmp_path, capsys) -> None:
     from marvit.bench.pipeline import main
 
     rc = main(str(still_root), backend="pyav", split="train", batch=2, clips=4, workers=0, frames=4, size=32,
-              out=str(tmp_path), json=True)  # fmt: skip
+              out=str(tmp_path), as_json=True)  # fmt: skip
     assert rc == 0
     report = json.loads((tmp_path / "pipeline.json").read_text())
     assert [r["loader"] for r in report["results"]] == ["pyav", "naive"]

@@ -1,15 +1,16 @@
 """The DALI loader: shards -> decoded, sampled, augmented clips in one DALI graph -> normalized batches.
 
 Graph (one ``@pipeline_def``): ``fn.readers.webdataset`` (named "reader", sharded by rank with
-``shard_id``/``num_shards``, shuffled in training, padded last batch and ``stick_to_shard`` in evaluation)
--> a small Python operator that reads ``KEY.json``/``KEY.cls`` and turns the frame count plus DALI-drawn
-uniforms into frame indices with :mod:`marvit.pipeline.sampling` (the same functions the PyAV loader uses)
--> ``fn.decoders.video(frames=...)`` ("mixed" on a GPU, "cpu" otherwise), which seeks and decodes only the
-frames asked for, each once and in order (a repeated index would cost it a fresh seek), then
-``fn.sequence_rearrange`` into clip order -> training, in VideoMAE's order: RandAugment over FHWC at the
-source resolution (one op choice per clip), ``fn.random_resized_crop`` (one box per clip: DALI treats the
-F axis of an FHWC sequence as frames of one sample) and ``fn.flip`` (one coin per clip); test: short-side
-resize, then ``test_crops`` crops along the long side of ``test_clips`` windows decoded in one call.
+``shard_id``/``num_shards``, shuffled in training, padded last batch and ``stick_to_shard`` in evaluation,
+samples that lack a member skipped) -> a small Python operator that reads ``KEY.json``/``KEY.cls`` and turns
+the frame count plus DALI-drawn uniforms into frame indices with :mod:`marvit.pipeline.sampling` (the same
+functions the PyAV loader uses) -> ``fn.decoders.video(frames=...)`` ("mixed" on a GPU, "cpu" otherwise),
+which seeks to the keyframe before the first index and stops after the last, each frame decoded once and in
+order (a repeated index would cost it a fresh seek), then ``fn.sequence_rearrange`` into clip order ->
+training: :func:`train_views`, the recipe of :class:`marvit.pipeline.augment.AugmentRecipe` in DALI ops
+(RandAugment over FHWC at the source resolution with one draw per clip, ``fn.random_resized_crop`` with one
+box per clip, ``fn.flip`` with one coin per view); test: short-side resize, then ``test_crops`` crops along
+the long side of ``test_clips`` windows decoded in one call.
 
 The graph hands over uint8 FHWC. Normalization to float ``(B, 3, T, H, W)`` and random erasing run on the
 device batch with the PyAV loader's code (:func:`marvit.pipeline.augment.normalize`, ``erase_clips_``): on
@@ -20,40 +21,57 @@ Why a Python operator for the frame count: the sampler needs it before decoding 
 reports a video's length without decoding it; ``marvit convert`` writes it to ``KEY.json``. Parsing a tiny
 JSON per sample costs microseconds and keeps the reader, the decoder and all pixel work in the graph.
 
-Epochs: training batches come from the endless shuffled reader stream, ``len(loader)`` =
-``(num_samples // world_size) // batch_size`` on every rank so DDP ranks step together. In evaluation DALI
-pads every rank's shard to ``ceil(N / world_size)`` samples and the last batch to full size; the loader
-runs those padded steps (so the next pass starts at the shard start) and returns only real samples: each
-sample exactly once per epoch over all ranks. DALI cannot skip a video that fails to decode: the loader
-stops with an error naming it and pointing to ``marvit verify`` and the PyAV backend, which skips.
+Class mixing: every training pass builds the graph over the shards in an order permuted by (seed, epoch),
+the same on every rank, so each rank reads a different contiguous part of a different order every epoch;
+the reader samples from a shuffle buffer of ``SHUFFLE_BUFFER`` samples (``initial_fill``).
+
+Epochs: ``len(loader)`` = ``(num_samples // world_size) // batch_size`` training batches on every rank, so
+DDP ranks step together. ``iter_from(k)`` builds the pass afresh and runs (replays) its first ``k`` batches:
+DALI's reader has no random access. In evaluation DALI pads every rank's shard to ``ceil(N / world_size)``
+samples and the last batch to full size; the loader returns only real samples: each sample exactly once per
+epoch over all ranks.
+
+Bad samples: a sample without its ``.mp4``/``.cls``/``.json`` is skipped by the reader and counted from the
+shard indexes (``loader.skipped()``); a video that fails to decode cannot be skipped inside a DALI graph (a
+decoder error stops the whole batch), so the loader raises :class:`marvit.errors.InputError` naming the shard
+and the sample and pointing to ``marvit verify`` and ``data.backend=pyav``, which skips and counts it.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 import warnings
 
 import numpy as np
 import torch
 
 from marvit.config import DataConfig
+from marvit.errors import InputError
 from marvit.pipeline import sampling
-from marvit.pipeline.augment import erase_clips_, normalize
-from marvit.pipeline.shards import ShardSet, parse_meta
+from marvit.pipeline.augment import (
+    ENHANCE_OPS,
+    AugmentRecipe,
+    erase_clips_,
+    normalize,
+    op_argument,
+)
+from marvit.pipeline.shards import ShardSet, SkipLog, batch_seed, epoch_order, parse_meta
+
+SHUFFLE_BUFFER = 1024  # the reader's shuffle buffer per rank, in samples (DALI's default initial_fill)
+MEMBERS = ("mp4", "cls", "json")
 
 
 class _Meta:
-    """The per-sample Python operator:
-    (json, cls, source_info, u, flip) -> (unique frame indices, clip order, label, video id).
-
-    A plain callable object (not a closure) so DALI's AutoGraph leaves it alone."""
+    """The per-sample Python operator: (json, cls, source_info, u) -> (unique frame indices, clip order,
+    label, video id). A plain callable object (not a closure) so DALI's AutoGraph leaves it alone."""
 
     def __init__(self, ids: dict[tuple[str, str], int], style: str, num_frames: int, rate: int, train: bool,
-                 clips: int, flip_map: dict[int, int] | None) -> None:  # fmt: skip
+                 clips: int) -> None:  # fmt: skip
         self.ids, self.style, self.num_frames, self.rate = ids, style, num_frames, rate
-        self.train, self.clips, self.flip_map = train, clips, flip_map or {}
+        self.train, self.clips = train, clips
 
-    def __call__(self, js, cls, src, u, flip):
+    def __call__(self, js, cls, src, u):
         source = bytes(np.asarray(src)).decode("utf-8", "replace")  # "shard.tar:offset:key.mp4"
         tar, _, member = source.rsplit(":", 2)
         key = member.rsplit(".", 1)[0]
@@ -62,8 +80,6 @@ class _Meta:
         # The decoder gets each frame once, in order (a repeated or backward index costs it a fresh seek);
         # sequence_rearrange then puts the frames in clip order, repeats included.
         uniq, order = np.unique(idx.reshape(-1), return_inverse=True)
-        if int(np.asarray(flip).reshape(-1)[0]):
-            label = int(self.flip_map.get(label, label))
         vid = self.ids.get((tar, key), -1)
         return (
             uniq.astype(np.int32),
@@ -73,60 +89,115 @@ class _Meta:
         )
 
 
-def _pipeline(shards: ShardSet, meta: _Meta, cfg: DataConfig, *, train: bool, rank: int, world_size: int,
-              decoder: str, batch_size: int, num_threads: int, seed: int, device_id: int | None):  # fmt: skip
+def _suite(recipe: AugmentRecipe) -> list:
+    """The recipe's RandAugment ops as DALI augmentations, parameters from :func:`op_argument` per magnitude
+    bin (DALI's own suite has other ranges), then identity (index ``len(recipe.ops)``: an op not applied)."""
+    from nvidia.dali.auto_aug import augmentations as a
+
+    grid = [b * recipe.magnitude_step for b in range(recipe.magnitude_bins)]
+
+    def table(name: str) -> np.ndarray:
+        return np.array([op_argument(name, m) for m in grid], dtype=np.float32)
+
+    def poster_mask(bits: float) -> np.ndarray:  # keep `bits` high bits; 0 bits: a black frame, as timm/PIL
+        return np.array(255 ^ ((1 << (8 - int(round(float(bits))))) - 1), dtype=np.uint8)
+
+    dali = {
+        "AutoContrast": a.auto_contrast,
+        "Equalize": a.equalize,
+        "Invert": a.invert,
+        "Rotate": a.rotate.augmentation(mag_range=table("Rotate")),
+        "PosterizeIncreasing": a.posterize.augmentation(
+            mag_range=table("PosterizeIncreasing"), mag_to_param=poster_mask
+        ),  # fmt: skip
+        "SolarizeIncreasing": a.solarize.augmentation(mag_range=table("SolarizeIncreasing")),
+        "SolarizeAdd": a.solarize_add.augmentation(mag_range=table("SolarizeAdd")),
+        "ColorIncreasing": a.color.augmentation(mag_range=table("ColorIncreasing")),
+        "ContrastIncreasing": a.contrast.augmentation(mag_range=table("ContrastIncreasing")),
+        "BrightnessIncreasing": a.brightness.augmentation(mag_range=table("BrightnessIncreasing")),
+        "SharpnessIncreasing": a.sharpness.augmentation(mag_range=table("SharpnessIncreasing")),
+        "ShearX": a.shear_x.augmentation(mag_range=table("ShearX")),
+        "ShearY": a.shear_y.augmentation(mag_range=table("ShearY")),
+        "TranslateXRel": a.translate_x.augmentation(mag_range=table("TranslateXRel")),
+        "TranslateYRel": a.translate_y.augmentation(mag_range=table("TranslateYRel")),
+    }
+    assert dali.keys() >= ENHANCE_OPS
+    return [dali[name] for name in recipe.ops] + [a.identity]
+
+
+def train_views(video, recipe: AugmentRecipe, size: int, views: int):
+    """DALI graph piece: an FHWC uint8 sequence -> ``views`` independently augmented (T, S, S, 3) views.
+
+    -> (views, flip coins (one per view), RandAugment draws: per view and layer ``[op, applied, bin, sign]``
+    int32). Call inside a ``pipeline_def(enable_conditionals=True)``."""
+    from nvidia.dali import fn, types
+    from nvidia.dali import math as dmath
+    from nvidia.dali.auto_aug.core import select, signed_bin
+
+    suite = _suite(recipe) if recipe.rand_augment else []
+    k = len(recipe.ops)
+    shape = video.shape()[1:3]  # (H, W) for the relative translations
+    outs, flips, draws, coin = [], [], [], None
+    for _ in range(views):
+        v = video
+        for _ in range(recipe.num_ops if recipe.rand_augment else 0):
+            op = fn.random.uniform(values=list(range(k)), dtype=types.INT32)
+            applied = fn.random.coin_flip(probability=recipe.op_prob, dtype=types.INT32)
+            noisy = fn.random.normal(mean=recipe.magnitude, stddev=recipe.magnitude_std)
+            noisy = dmath.clamp(noisy, 0.0, recipe.magnitude_max)
+            mag_bin = fn.cast(dmath.floor(noisy / recipe.magnitude_step + 0.5), dtype=types.INT32)
+            sign = fn.random.coin_flip(probability=0.5, dtype=types.INT32)
+            which = op * applied + k * (1 - applied)  # k: identity
+            v = select(suite, which, data=v, magnitude_bin=signed_bin(mag_bin, sign), shape=shape,
+                       num_magnitude_bins=recipe.magnitude_bins, fill_value=recipe.fill,
+                       interp_type=types.INTERP_LINEAR)  # fmt: skip
+            draws.append(fn.stack(op, applied, mag_bin, sign))
+        v = fn.random_resized_crop(v, size=[size, size], random_area=list(recipe.crop_area),
+                                   random_aspect_ratio=list(recipe.crop_ratio), antialias=True)  # fmt: skip
+        if coin is None or recipe.flip_per_view:
+            coin = fn.random.coin_flip(probability=recipe.flip_prob, dtype=types.INT32)
+        outs.append(fn.flip(v, horizontal=coin))
+        flips.append(coin)
+    return outs, flips, draws
+
+
+def _pipeline(urls: list[str], index_paths: list[str], meta: _Meta, cfg: DataConfig, recipe: AugmentRecipe,
+              *, train: bool, rank: int, world_size: int, decoder: str, batch_size: int, num_threads: int,
+              seed: int, device_id: int | None):  # fmt: skip
     from nvidia.dali import fn, pipeline_def, types
-    from nvidia.dali.auto_aug import rand_augment
 
     size = cfg.img_size
 
     @pipeline_def(enable_conditionals=True)
     def clips():
         mp4, cls, js = fn.readers.webdataset(
-            paths=shards.urls, index_paths=shards.index_paths, ext=["mp4", "cls", "json"],
-            missing_component_behavior="error", shard_id=rank, num_shards=world_size,
-            random_shuffle=train, initial_fill=256, pad_last_batch=not train, stick_to_shard=not train,
-            name="reader",
+            paths=urls, index_paths=index_paths, ext=list(MEMBERS), missing_component_behavior="skip",
+            shard_id=rank, num_shards=world_size, random_shuffle=train, initial_fill=SHUFFLE_BUFFER,
+            pad_last_batch=not train, stick_to_shard=not train, name="reader",
         )  # fmt: skip
         src = fn.get_property(mp4, key="source_info")
         if train:
             u = fn.random.uniform(range=[0.0, 1.0], shape=[cfg.num_frames])
-            flip = fn.random.coin_flip(probability=0.5 if cfg.flip else 0.0, dtype=types.INT32)
         else:
             u = fn.constant(fdata=[0.0] * cfg.num_frames, shape=[cfg.num_frames])
-            flip = fn.constant(idata=0, dtype=types.INT32)
-        uniq, order, label, vid = fn.python_function(js, cls, src, u, flip, function=meta, num_outputs=4)
+        uniq, order, label, vid = fn.python_function(js, cls, src, u, function=meta, num_outputs=4)
         video = fn.decoders.video(mp4, frames=uniq, device=decoder, pad_mode="edge")  # (F', H, W, 3) uint8
         video = fn.sequence_rearrange(video, new_order=order)  # (clips * T, H, W, 3)
         video = fn.reshape(video, layout="FHWC")  # the rearranged sequence keeps no layout
         if train:
-            views = []
-            for _ in range(cfg.repeated_aug):  # repeated augmentation: R views of one decode
-                v = video
-                if cfg.rand_augment:  # at the source resolution, before the crop, as in VideoMAE
-                    v = rand_augment.rand_augment(
-                        v, n=cfg.rand_augment_n, m=cfg.rand_augment_m, num_magnitude_bins=11,
-                        shape=video.shape()[1:3],
-                    )  # fmt: skip
-                v = fn.random_resized_crop(
-                    v, size=[size, size], random_area=[cfg.min_area, 1.0],
-                    random_aspect_ratio=[3 / 4, 4 / 3], antialias=True,
-                )  # fmt: skip
-                views.append(fn.flip(v, horizontal=flip))
-            out = fn.stack(*views)  # (R, T, S, S, 3) uint8
-        else:
-            video = fn.resize(video, resize_shorter=cfg.test_short_side, antialias=True)
-            hw = video.shape()[1:3]  # (H, W) after the resize
-            wide = fn.cast(hw[1] >= hw[0], dtype=types.FLOAT)
-            views = []
-            for c in range(cfg.test_crops):
-                p = c / (cfg.test_crops - 1) if cfg.test_crops > 1 else 0.5
-                views.append(fn.crop(
-                    video, crop=(size, size), crop_pos_x=wide * p + (1.0 - wide) * 0.5,
-                    crop_pos_y=wide * 0.5 + (1.0 - wide) * p,
-                ))  # fmt: skip
-            out = fn.stack(*views)  # (crops, clips * T, S, S, 3) uint8
-        return out, label, vid
+            views, flips, _ = train_views(video, recipe, size, cfg.repeated_aug)
+            return fn.stack(*views), label, fn.stack(*flips)  # (R, T, S, S, 3) uint8, (), (R,)
+        video = fn.resize(video, resize_shorter=cfg.test_short_side, antialias=True)
+        hw = video.shape()[1:3]  # (H, W) after the resize
+        wide = fn.cast(hw[1] >= hw[0], dtype=types.FLOAT)
+        views = []
+        for c in range(cfg.test_crops):
+            p = c / (cfg.test_crops - 1) if cfg.test_crops > 1 else 0.5
+            views.append(fn.crop(
+                video, crop=(size, size), crop_pos_x=wide * p + (1.0 - wide) * 0.5,
+                crop_pos_y=wide * 0.5 + (1.0 - wide) * p,
+            ))  # fmt: skip
+        return fn.stack(*views), label, vid  # (crops, clips * T, S, S, 3) uint8
 
     with warnings.catch_warnings():  # DALI's auto_aug calls operators it has since renamed
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -141,32 +212,29 @@ def _shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return n * rank // world_size, n * (rank + 1) // world_size
 
 
+_SOURCE = re.compile(r"(\S+\.tar):(\d+):(\S+?)\.mp4")
+
+
 class DaliLoader:
-    """Iterable of batches from the DALI graph. Re-iterable; one pass = one epoch for this rank."""
+    """Iterable of batches from the DALI graph; the loader contract of :func:`marvit.pipeline.build_loader`."""
 
     def __init__(self, shards: ShardSet, cfg: DataConfig, *, train: bool, rank: int = 0, world_size: int = 1,
-                 device: torch.device | str = "cpu", seed: int = 0) -> None:  # fmt: skip
-        self.cfg, self.train, self.rank, self.world_size = cfg, train, rank, world_size
+                 device: torch.device | str = "cpu", seed: int = 0, epoch: int = 0) -> None:  # fmt: skip
+        self.shards, self.cfg, self.train, self.rank, self.world_size = shards, cfg, train, rank, world_size
+        self.recipe = AugmentRecipe.from_config(cfg)
         self.device = torch.device(device)
+        self.seed, self.epoch = seed, epoch
         self.batch_size = cfg.batch_size
-        self.num_samples = shards.num_samples
-        self.shards_desc = f"{len(shards.urls)} shards from {shards.urls[0]}"
+        self._skips = SkipLog()
+        # samples that lack a member: the reader skips them, the index files say which and where
+        self._incomplete = shards.incomplete_samples(MEMBERS)
+        # the reader counts only complete samples (epoch size, shard ranges)
+        self.num_samples = shards.num_samples - len(self._incomplete)
         lo, hi = _shard_range(self.num_samples, rank, world_size)
         self.rank_samples = hi - lo
-        on_gpu = self.device.type == "cuda"
-        clips = 1 if train else cfg.test_clips
-        meta = _Meta(shards.key_ids(), cfg.sampling, cfg.num_frames, cfg.sampling_rate, train, clips,
-                     cfg.flip_label_map)  # fmt: skip
-        self.pipe = _pipeline(
-            shards, meta, cfg, train=train, rank=rank, world_size=world_size,
-            decoder="mixed" if on_gpu else "cpu", batch_size=self.batch_size,
-            num_threads=max(1, cfg.num_workers), seed=seed * 1009 + rank,
-            device_id=(self.device.index or 0) if on_gpu else None,
-        )  # fmt: skip
-        meta = self.pipe.reader_meta("reader")
-        per_shard = -(-meta["epoch_size_padded"] // meta["number_of_shards"])
-        self._eval_steps = -(-per_shard // self.batch_size)
-        self._pending = 0  # evaluation steps of an unfinished pass still queued in the reader
+        self._meta = _Meta(shards.key_ids(), cfg.sampling, cfg.num_frames, cfg.sampling_rate, train,
+                           1 if train else cfg.test_clips)  # fmt: skip
+        self.pipe = None
 
     def __len__(self) -> int:
         if self.train:
@@ -174,7 +242,31 @@ class DaliLoader:
         return -(-self.rank_samples // self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
-        """No-op: the reader reshuffles continuously; kept so both loaders share one interface."""
+        """The next pass reads the shards in the order of ``epoch`` with its seeds."""
+        self.epoch = epoch
+
+    def skipped(self) -> dict:
+        return self._skips.as_dict()
+
+    def _build(self) -> None:
+        """A fresh graph for one pass of the current epoch: shard order and seeds from (seed, epoch)."""
+        self.pipe = None  # free the previous graph's threads and buffers first
+        order = epoch_order(len(self.shards.urls), self.seed, self.epoch) if self.train else None
+        urls = self.shards.urls if order is None else [self.shards.urls[i] for i in order]
+        idx = self.shards.index_paths if order is None else [self.shards.index_paths[i] for i in order]
+        on_gpu = self.device.type == "cuda"
+        self.pipe = _pipeline(
+            urls, idx, self._meta, self.cfg, self.recipe, train=self.train, rank=self.rank,
+            world_size=self.world_size, decoder="mixed" if on_gpu else "cpu", batch_size=self.batch_size,
+            num_threads=max(1, self.cfg.num_workers), seed=(self.seed * 1009 + self.epoch) * 8191 + self.rank,
+            device_id=(self.device.index or 0) if on_gpu else None,
+        )  # fmt: skip
+        meta = self.pipe.reader_meta("reader")
+        per_shard = -(-meta["epoch_size_padded"] // meta["number_of_shards"])
+        self._eval_steps = -(-per_shard // self.batch_size)
+        # the incomplete samples of this pass, counted once per pass (the reader never shows them)
+        for where in self._incomplete:
+            self._skips.add("missing member", where)
 
     def _to_torch(self, tl, transient: bool = False) -> torch.Tensor:
         """A DALI batch as a torch tensor on the loader's device. ``transient`` (CPU only): a zero-copy view
@@ -194,40 +286,65 @@ class DaliLoader:
         try:
             return self.pipe.run()
         except RuntimeError as e:
-            raise RuntimeError(
-                f"the DALI loader failed on {self.shards_desc} (DALI's message below names the "
-                "shard:offset:key). DALI cannot skip a sample: check the shards with `marvit verify ROOT`, "
-                "or use the PyAV backend "
-                f"(data.backend=pyav), which skips and counts videos that do not decode.\n{e}"
+            self.pipe = None  # a failed graph cannot go on; the next pass builds a new one
+            msg = str(e)
+            m = _SOURCE.search(msg)
+            named = [u for u in self.shards.urls if u in msg]
+            if m is None and not named:
+                raise
+            where = f"shard {m.group(1)}, sample {m.group(3)!r} (offset {m.group(2)})" if m else named[0]
+            first = next((ln for ln in msg.splitlines() if ln.strip()), msg)[:300]
+            raise InputError(
+                f"the DALI loader failed on {where}: {first}. A DALI graph cannot skip a video that does not "
+                "decode: check the shards with `marvit verify ROOT`, or use data.backend=pyav, which skips and "
+                f"counts such videos.\nDALI's message:\n{msg}"
             ) from e
 
     def __iter__(self):
-        while self._pending:  # an earlier pass stopped early: drain it so this one starts at the shard start
+        return self.iter_from(0)
+
+    def iter_from(self, k: int):
+        """The current epoch's batches from batch ``k`` on (a fresh pass that replays its first ``k``)."""
+        if not 0 <= k <= len(self):
+            raise ValueError(f"iter_from({k}): this loader has {len(self)} batches per epoch")
+        return self._train(k) if self.train else self._eval(k)
+
+    def _train(self, k: int):
+        self._build()
+        for _ in range(k):
             self._run()
-            self._pending -= 1
-        if self.train:
-            for _ in range(len(self)):
-                outs = self._run()
-                video, label = self._to_torch(outs[0], transient=True), self._to_torch(outs[1])
-                # (B, R, T, S, S, 3) uint8 -> (B * R, 3, T, S, S) float
-                r = video.shape[1]
-                video = normalize(video.flatten(0, 1), self.cfg.mean, self.cfg.std)
-                yield {"video": erase_clips_(video, self.cfg.reprob), "label": label.repeat_interleave(r)}
-            return
-        # Evaluation: DALI pads every rank's shard to the largest one (ceil(N / world_size) samples, the
-        # padding after the real ones) and the last batch to full size; run every padded step so the next
-        # pass starts at the shard start, and hand over only real samples.
-        self._pending = self._eval_steps
-        left = self.rank_samples
-        for _ in range(self._eval_steps):
+        flip_map = self.cfg.flip_label_map
+        for step in range(k, len(self)):
             outs = self._run()
-            self._pending -= 1
+            video, label = self._to_torch(outs[0], transient=True), self._to_torch(outs[1])
+            r = video.shape[1]
+            # (B, R, T, S, S, 3) uint8 -> (B * R, 3, T, S, S) float
+            video = normalize(video.flatten(0, 1), self.cfg.mean, self.cfg.std)
+            label = label.repeat_interleave(r)
+            if flip_map:
+                flipped = self._to_torch(outs[2]).reshape(-1).bool()
+                mapped = torch.tensor(
+                    [flip_map.get(int(x), int(x)) for x in label.tolist()], device=label.device
+                )
+                label = torch.where(flipped.to(label.device), mapped, label)
+            erase_clips_(video, self.recipe, seed=batch_seed(self.seed, self.epoch, self.rank, step))
+            yield {"video": video, "label": label}
+        self.pipe = None
+
+    def _eval(self, k: int):
+        # DALI pads every rank's shard to the largest one (ceil(N / world_size) samples, the padding after
+        # the real ones) and the last batch to full size; hand over only real samples.
+        self._build()
+        left = self.rank_samples
+        for step in range(self._eval_steps):
+            outs = self._run()
             keep = min(left, self.batch_size)
             left -= keep
-            if keep:
+            if keep and step >= k:
                 video = self._to_torch(outs[0], transient=True)
                 label, vid = self._to_torch(outs[1]), self._to_torch(outs[2])
                 yield _test_views(video[:keep], label[:keep], vid[:keep], self.cfg, self.device)
+        self.pipe = None
 
 
 def _test_views(video: torch.Tensor, label: torch.Tensor, vid: torch.Tensor, cfg: DataConfig,

@@ -1,29 +1,33 @@
 """The PyAV loader: webdataset shards -> PyAV decoding in DataLoader workers -> torch augmentation.
 
 It runs wherever DALI cannot and has the same semantics as the DALI graph: the same frame indices
-(:mod:`marvit.pipeline.sampling`), one random choice per clip (:mod:`marvit.pipeline.augment`), the same
-batch dicts. Workers hand over uint8 clips (4x smaller than float in shared memory); normalization and
-random erasing run on the device batch.
+(:mod:`marvit.pipeline.sampling`), the same augmentation recipe (:class:`marvit.pipeline.augment.AugmentRecipe`,
+one random choice per clip and view), the same batch dicts. Workers hand over uint8 clips (4x smaller than
+float in shared memory); normalization and random erasing run on the device batch.
 
 Splitting, with rank and world size passed explicitly (no reliance on torch.distributed being set up): a
 split with at least ``world_size`` shards is split by shard across ranks (as ``wds.split_by_node``), and a
 rank's shards likewise across its DataLoader workers (as ``wds.split_by_worker``); where there are fewer
 shards than parts, every part reads the same shard stream and keeps every k-th sample, so each sample
-still goes to exactly one worker of one rank. Training shuffles the shard order per epoch (the same order
-on every rank) and samples in a buffer, streams endlessly and stops after ``len(loader)`` =
-``(num_samples // world_size) // batch_size`` batches, the same on every rank; evaluation reads each of
-the rank's samples exactly once.
+still goes to exactly one worker of one rank. Evaluation reads each of the rank's samples exactly once.
 
-A video that fails to decode is skipped, counted (``loader.skipped`` lists the keys) and warned about with
-its key; it never stops the run. A sample whose ``.json``/``.cls`` is malformed is a broken shard and
-raises a clear error instead.
+Training, for class mixing: the shard order is permuted per epoch (the same order on every rank,
+:func:`marvit.pipeline.shards.epoch_order`); a worker reads ``OPEN_SHARDS`` of its shards at once,
+interleaved at random, into a shuffle buffer of ``SHUFFLE_BUFFER`` samples; the stream is endless and
+stops after ``len(loader)`` = ``(num_samples // world_size) // batch_size`` batches, the same on every rank.
+Every random draw of a clip (frame window, augmentation) comes from a generator seeded by its position in
+its worker's stream, so ``iter_from(k)`` skips the first ``k`` batches without decoding them and yields the
+batches an uninterrupted pass would have (exactly, unless a video before the resume point fails to decode).
+
+Bad samples are skipped and counted (``loader.skipped()``, warned once per reason): a sample that lacks its
+``.mp4``, ``.cls`` or ``.json`` member, a video that does not decode. A ``.json``/``.cls`` that is there but
+malformed is a broken shard and raises :class:`marvit.errors.InputError` naming it.
 """
 
 from __future__ import annotations
 
 import io
 import itertools
-import warnings
 from collections.abc import Iterator
 
 import av
@@ -35,8 +39,12 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from marvit.config import DataConfig
 from marvit.pipeline import sampling
-from marvit.pipeline.augment import ClipTrainAugment, clip_test_views, erase_clips_, normalize
-from marvit.pipeline.shards import ShardSet, parse_meta
+from marvit.pipeline.augment import AugmentRecipe, ClipTrainAugment, clip_test_views, erase_clips_, normalize
+from marvit.pipeline.shards import ShardSet, SkipLog, batch_seed, epoch_order, parse_meta
+
+SHUFFLE_BUFFER = 256  # samples (encoded) per worker
+OPEN_SHARDS = 4  # shards a training worker reads at once
+MEMBERS = ("mp4", "cls", "json")
 
 
 def decode_clip(data: bytes, indices: np.ndarray) -> np.ndarray:
@@ -106,28 +114,51 @@ class _ClipStream(IterableDataset):
     """Per worker: its shards -> samples -> decoded, sampled, augmented clips -> batches (uint8)."""
 
     def __init__(self, shards: ShardSet, cfg: DataConfig, train: bool, rank: int, world_size: int, seed: int,
-                 epoch: int) -> None:  # fmt: skip
+                 epoch: int, start: int = 0) -> None:  # fmt: skip
         self.shards, self.cfg, self.train = shards, cfg, train
         self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, epoch
+        self.start = start  # training: the batch to start from (resume)
+        self.recipe = AugmentRecipe.from_config(cfg)
         self.ids = shards.key_ids() if shards.index_paths is not None else None
 
     def _worker(self) -> tuple[int, int]:
         wi = get_worker_info()
         return (wi.id, wi.num_workers) if wi is not None else (0, 1)
 
+    def _interleave(self, urls: list[str], rng: np.random.Generator) -> Iterator[dict]:
+        """Samples of ``urls``: ``OPEN_SHARDS`` of them open at a time, each next sample from one at random."""
+        todo = iter(urls)
+        open_: list[Iterator] = []
+
+        def opened(u: str) -> Iterator:
+            return wds.tarfile_to_samples(handler=wds.warn_and_continue)(iter([{"url": u}]))
+
+        for u in itertools.islice(todo, OPEN_SHARDS if self.train else 1):
+            open_.append(opened(u))
+        while open_:
+            i = int(rng.integers(len(open_))) if len(open_) > 1 else 0
+            try:
+                yield next(open_[i])
+            except StopIteration:
+                nxt = next(todo, None)
+                if nxt is None:
+                    open_.pop(i)
+                else:
+                    open_[i] = opened(nxt)
+
     def _samples(self, worker: int, workers: int) -> Iterator[tuple[dict, int]]:
         """(raw sample, global id) for this worker; endless and shuffled in training, one pass otherwise."""
-        sel, k, j = _plan(len(self.shards.urls), self.rank, self.world_size, worker, workers)
+        n = len(self.shards.urls)
+        sel, k, j = _plan(n, self.rank, self.world_size, worker, workers)
         start_of = dict(zip(self.shards.urls, self.shards.starts))
         for cycle in itertools.count():
-            order = list(range(len(self.shards.urls)))
-            if self.train:  # the same permutation on every rank and worker
-                order = list(np.random.default_rng([self.seed, self.epoch, cycle]).permutation(order))
-            mine = order[sel]
-            urls = [{"url": self.shards.urls[s]} for s in mine]
-            stream = wds.tarfile_to_samples(handler=wds.warn_and_continue)(iter(urls))
+            order = epoch_order(n, self.seed, self.epoch, cycle) if self.train else list(range(n))
+            urls = [self.shards.urls[s] for s in order[sel]]
+            # every worker that filters the same stream (k > 1) must interleave it the same way
+            part = self.rank if n >= self.world_size else -1
+            rng = np.random.default_rng([self.seed, self.epoch, cycle, part + 1, worker if k == 1 else 0])
             pos: dict[str, int] = {}
-            for i, sample in enumerate(stream):
+            for i, sample in enumerate(self._interleave(urls, rng)):
                 url = sample["__url__"]
                 p = pos.get(url, 0)
                 pos[url] = p + 1
@@ -141,7 +172,7 @@ class _ClipStream(IterableDataset):
             if not self.train:
                 return
 
-    def _shuffled(self, it: Iterator, rng: np.random.Generator, size: int = 64) -> Iterator:
+    def _shuffled(self, it: Iterator, rng: np.random.Generator, size: int = SHUFFLE_BUFFER) -> Iterator:
         buf: list = []
         for x in it:
             buf.append(x)
@@ -150,15 +181,14 @@ class _ClipStream(IterableDataset):
         rng.shuffle(buf)
         yield from buf
 
-    def _clip(self, sample: dict, rng: np.random.Generator, aug: ClipTrainAugment | None,
-              out: np.ndarray):  # fmt: skip
-        """One sample -> its views written to ``out`` (V, T, S, S, 3) uint8; returns its V labels, or the key
-        of a video that does not decode (a skip marker)."""
+    def _clip(self, sample: dict, rng: np.random.Generator, aug: ClipTrainAugment | None, out: np.ndarray):
+        """One sample -> its views written to ``out`` (V, T, S, S, 3) uint8; returns its V labels, or a
+        (reason, where, detail) skip record."""
         cfg = self.cfg
         where = f"{sample.get('__url__')} sample {sample.get('__key__')!r}"
-        for ext in ("mp4", "cls", "json"):
-            if ext not in sample:
-                raise ValueError(f"{where}: no .{ext} member; every sample needs .mp4, .cls and .json")
+        missing = [e for e in MEMBERS if e not in sample]
+        if missing:
+            return ("missing member", where, f"no .{missing[0]}")
         n, label = parse_meta(sample["json"], sample["cls"], where)
         clips = 1 if self.train else cfg.test_clips
         u = rng.random(cfg.num_frames)
@@ -166,39 +196,50 @@ class _ClipStream(IterableDataset):
         try:
             frames = decode_clip(sample["mp4"], idx.reshape(-1))
         except (av.error.FFmpegError, ValueError, IndexError, OSError) as e:
-            warnings.warn(f"skipping {where}: the video does not decode ({e})", stacklevel=2)
-            return sample.get("__key__", "?")
+            return ("undecodable video", where, str(e)[:200])
         if not self.train:
             clip_test_views(frames, clips, cfg, out=out)
             return [label] * out.shape[0]
-        labels = []
+        labels, shared = [], None
+        fmap = cfg.flip_label_map or {}
         for r in range(cfg.repeated_aug):
-            _, flipped = aug(frames, out=out[r])
-            labels.append(cfg.flip_label_map.get(label, label) if flipped and cfg.flip_label_map else label)
+            _, flipped, _ = aug(frames, rng, out=out[r], flip=shared)
+            if not self.recipe.flip_per_view:
+                shared = flipped
+            labels.append(fmap.get(label, label) if flipped else label)
         return labels
 
     def __iter__(self):
         worker, workers = self._worker()
-        rng = np.random.default_rng([self.seed, self.rank, worker, self.epoch])
-        aug = ClipTrainAugment(self.cfg) if self.train else None
-        it = self._samples(worker, workers)
-        if self.train:
-            it = self._shuffled(it, rng)
         cfg = self.cfg
         b = cfg.batch_size
+        # resume: worker w plays the part worker (w + start) % workers had in the uninterrupted pass, whose
+        # first len(range(role, start, workers)) batches are already done
+        role = (worker + self.start) % workers
+        done = len(range(role, self.start, workers)) if self.train else 0
+        it = self._samples(role, workers)
+        if self.train:
+            it = self._shuffled(it, np.random.default_rng([self.seed, self.epoch, self.rank + 1, role, 1]))
+        aug = ClipTrainAugment(self.recipe, cfg.img_size) if self.train else None
         v = cfg.repeated_aug if self.train else cfg.test_clips * cfg.test_crops
         shape = (b, v, cfg.num_frames, cfg.img_size, cfg.img_size, 3)
         # Clips are written straight into the batch; in a worker it lives in shared memory from the start,
         # so handing it to the main process copies nothing.
         in_worker = get_worker_info() is not None
         buf, labels, ids, skipped = None, [], [], []
-        for sample, gid in it:
+        to_skip = done * b  # samples of the finished batches: passed over without decoding
+        for pos, (sample, gid) in enumerate(it):
+            if to_skip:
+                if all(e in sample for e in MEMBERS):
+                    to_skip -= 1
+                continue
             if buf is None:
                 buf = torch.empty(shape, dtype=torch.uint8)
                 if in_worker:
                     buf.share_memory_()
+            rng = np.random.default_rng([self.seed, self.epoch, self.rank, role, pos])  # this clip's draws
             out = self._clip(sample, rng, aug, buf[len(ids)].numpy())
-            if isinstance(out, str):
+            if isinstance(out, tuple):
                 skipped.append(out)
                 continue
             labels.extend(out)
@@ -222,17 +263,22 @@ class _ClipStream(IterableDataset):
 
 
 class PyavLoader:
-    """Iterable of batches from PyAV DataLoader workers. Re-iterable; ``set_epoch`` reshuffles."""
+    """Iterable of batches from PyAV DataLoader workers; the loader contract of
+    :func:`marvit.pipeline.build_loader`."""
 
     def __init__(self, shards: ShardSet, cfg: DataConfig, *, train: bool, rank: int = 0, world_size: int = 1,
                  device: torch.device | str = "cpu", seed: int = 0, epoch: int = 0) -> None:  # fmt: skip
         self.shards, self.cfg, self.train = shards, cfg, train
         self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, epoch
+        self.recipe = AugmentRecipe.from_config(cfg)
         self.device = torch.device(device)
-        self.skipped: list[str] = []  # keys of samples whose video did not decode, over all epochs
+        self._skips = SkipLog()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def skipped(self) -> dict:
+        return self._skips.as_dict()
 
     def _workers(self) -> int:
         return self.cfg.num_workers
@@ -250,28 +296,44 @@ class PyavLoader:
         return total
 
     def __iter__(self):
-        ds = _ClipStream(self.shards, self.cfg, self.train, self.rank, self.world_size, self.seed, self.epoch)
+        return self.iter_from(0)
+
+    def iter_from(self, k: int):
+        """The current epoch's batches from batch ``k`` on. Training skips the first ``k`` without decoding
+        them; evaluation (one pass, not resumed in practice) replays them."""
+        if not 0 <= k <= len(self):
+            raise ValueError(f"iter_from({k}): this loader has {len(self)} batches per epoch")
+        return self._iter(k)
+
+    def _iter(self, k: int):
+        ds = _ClipStream(self.shards, self.cfg, self.train, self.rank, self.world_size, self.seed, self.epoch,
+                         start=k if self.train else 0)  # fmt: skip
         workers = self._workers()
-        gen = torch.Generator().manual_seed(hash((self.seed, self.rank, self.epoch)) % (1 << 62))
-        dl = DataLoader(
-            ds, batch_size=None, num_workers=workers, generator=gen, pin_memory=self.device.type == "cuda",
-            prefetch_factor=4 if workers else None,
-        )  # fmt: skip
+        dl = DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=self.device.type == "cuda",
+                        prefetch_factor=4 if workers else None)  # fmt: skip
         it = iter(dl)
         n = len(self)
-        done = 0
+        step = k if self.train else 0
         try:
             for batch in it:
-                self.skipped.extend(batch.pop("skipped"))
+                for reason, where, detail in batch.pop("skipped"):
+                    self._skips.add(reason, where, detail)
                 if "video" not in batch:
                     continue
-                out = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                if self.train and step >= n:
+                    break
+                if not self.train and step < k:
+                    step += 1
+                    continue
+                out = {key: v.to(self.device, non_blocking=True) for key, v in batch.items()}
                 out["video"] = normalize(out["video"], self.cfg.mean, self.cfg.std)  # (B, 3, T, S, S) float
                 if self.train:
-                    erase_clips_(out["video"], self.cfg.reprob)
+                    erase_clips_(
+                        out["video"], self.recipe, seed=batch_seed(self.seed, self.epoch, self.rank, step)
+                    )
                 yield out
-                done += 1
-                if self.train and done >= n:
+                step += 1
+                if self.train and step >= n:
                     break
         finally:
             del it  # stops the workers of an endless training stream

@@ -5,7 +5,9 @@ class, plus noise, generated from ``seed`` and ``i`` alone. A class is therefore
 the same sample is the same clip whatever the rank, worker or resume point. Ranks take samples ``r::world``
 and batch ``k`` of rank ``r`` holds samples ``(k*B + j) * world + r``, so the union over ranks of batch
 ``k`` is batch ``k`` of one process with a ``world``-times larger batch: what a DDP equivalence test needs.
-Training epochs are permuted by ``seed + epoch`` (the same permutation on every rank).
+Training epochs are permuted by ``seed + epoch`` (the same permutation on every rank). With
+``repeated_aug`` R a training batch holds each clip R times in a row (there is no augmentation to vary), as
+the real loaders' ``B * R`` rows. Batches are random access, so ``iter_from(k)`` replays nothing.
 """
 
 from __future__ import annotations
@@ -40,13 +42,13 @@ class SyntheticLoader:
 
     def __init__(
         self, cfg: DataConfig, split: str, num_classes: int, num_samples: int, train: bool, rank: int = 0,
-        world_size: int = 1, device: torch.device | str = "cpu", seed: int = 0,
+        world_size: int = 1, device: torch.device | str = "cpu", seed: int = 0, epoch: int = 0,
     ) -> None:  # fmt: skip
         self.cfg, self.split, self.num_classes, self.train = cfg, split, num_classes, train
         self.rank, self.world, self.device = rank, world_size, torch.device(device)
         self.seed = seed + (0 if split == "train" else 7919)
         self.num_samples = num_samples
-        self.epoch = 0
+        self.epoch = epoch
         self.mean = torch.tensor(cfg.mean).view(1, 3, 1, 1, 1)
         self.std = torch.tensor(cfg.std).view(1, 3, 1, 1, 1)
 
@@ -70,13 +72,25 @@ class SyntheticLoader:
         ids = [int(order[i]) for i in ids if i < self.num_samples]
         clips, labels = zip(*(synthetic_clip(i, self.seed, self.num_classes, self.cfg.num_frames,
                                              self.cfg.img_size) for i in ids))  # fmt: skip
-        video = (torch.stack(clips) - self.mean) / self.std
-        out = {"video": video.to(self.device), "label": torch.tensor(labels, device=self.device)}
+        video = (torch.stack(clips) - self.mean) / self.std  # (B, 3, T, S, S)
+        label = torch.tensor(labels)
+        r = self.cfg.repeated_aug if self.train else 1
+        if r > 1:  # (B * R, ...), the views of a clip in consecutive rows
+            video, label = video.repeat_interleave(r, dim=0), label.repeat_interleave(r)
+        out = {"video": video.to(self.device), "label": label.to(self.device)}
         if not self.train:
             out["video_id"] = torch.tensor(ids, device=self.device)
             out["view"] = torch.zeros(len(ids), dtype=torch.long, device=self.device)
         return out
 
+    def skipped(self) -> dict:
+        return {"count": 0, "reasons": {}, "samples": []}
+
+    def iter_from(self, k: int):
+        """Batches ``k, k + 1, ...`` of the current epoch."""
+        if not 0 <= k <= len(self):
+            raise ValueError(f"iter_from({k}): this loader has {len(self)} batches per epoch")
+        return (self.batch(i) for i in range(k, len(self)))
+
     def __iter__(self):
-        for k in range(len(self)):
-            yield self.batch(k)
+        return self.iter_from(0)
