@@ -2,14 +2,30 @@
 
 Each subcommand's implementation is imported only when that subcommand runs, so ``marvit --help`` and
 ``marvit info`` stay fast and do not import DALI, Triton or transformers.
+
+A bad input (a missing file, a wrong key or value, a corrupt checkpoint or shard) raises
+:class:`marvit.errors.InputError` somewhere below; here it becomes one line on stderr, naming the input, and
+exit status 2, without a traceback (``--debug`` or ``MARVIT_DEBUG=1`` shows it). Any other exception is a
+bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Any
+
+from marvit.errors import InputError
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command's help shows each option's default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def _call(target: str, **kwargs: Any) -> int:
@@ -19,14 +35,29 @@ def _call(target: str, **kwargs: Any) -> int:
 
 
 def _add_json(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument(
+        "--json", dest="as_json", action="store_true", help="print one JSON object instead of a table"
+    )
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="vit_b", help="model preset: vit_s, vit_b, vit_l or vit_h")
+    p.add_argument("--frames", type=int, default=16, help="frames per clip")
+    p.add_argument("--size", type=int, default=224, help="frame size (pixels)")
+    p.add_argument("--mask-ratio", type=float, default=0.5, help="masked fraction of the tokens")
+    p.add_argument("--decoder-keep", type=float, default=1.0, help="share of masked tokens reconstructed")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="marvit", description="Masked Action Recognition for video ViTs")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="marvit", description="Masked Action Recognition for video ViTs")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a bad-input error too")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("info", help="versions, device, and which attention and kernel paths are active")
+    _add_json(p)
+
+    p = sub.add_parser("doctor", help="each fast path once against its plain twin, on this machine")
+    p.add_argument("--out", default="doctor_out", help="directory for doctor.json")
     _add_json(p)
 
     # ---- data -------------------------------------------------------------------------------------
@@ -51,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", default=None,
                    help="class list: ssv2 labels JSON (found beside --annotations if omitted), or the full "
                         "list of names for the other formats (default: %(default)s)")  # fmt: skip
-    p.add_argument("--split", default="train", help="split name, in shard names and keys (default: %(default)s)")
+    p.add_argument(
+        "--split", default="train", help="split name, in shard names and keys (default: %(default)s)"
+    )
     p.add_argument("--short-side", type=int, default=E.DEFAULT_SHORT_SIDE,
                    help="re-encode at this short side, never upscaled (default: %(default)s)")  # fmt: skip
     p.add_argument("--gop", type=int, default=E.DEFAULT_GOP,
@@ -87,14 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
                         ("profile", "torch.profiler over a few steps of each scheme")]:  # fmt: skip
         p = sub.add_parser(name, help=help_)
         p.add_argument("config", help="a YAML config (configs/*.yaml)")
-        p.add_argument("overrides", nargs="*", help="key.sub=value")
+        p.add_argument("overrides", nargs="*", help="key.sub=value overrides, before or after the options")
         if name == "eval":
-            p.add_argument("--checkpoint", required=True)
-            p.add_argument("--views", default=None, help="CLIPSxCROPS, e.g. 5x3")
+            p.add_argument("--checkpoint", required=True,
+                           help="a checkpoint directory, or a run directory (its best checkpoint)")  # fmt: skip
+            p.add_argument("--views", default=None,
+                           help="CLIPSxCROPS, e.g. 5x3 (default: data.test_clips x data.test_crops)")  # fmt: skip
             p.add_argument("--no-mask", action="store_true", help="evaluate without the evaluation mask")
         if name == "profile":
-            p.add_argument("--steps", type=int, default=4)
-            p.add_argument("--out", default=None)
+            p.add_argument("--steps", type=int, default=4, help="profiled training steps per scheme")
+            p.add_argument("--out", default="profile_out", help="output directory")
+            p.add_argument(
+                "--compile", action="store_true", help="compile the transformer blocks (train.compile)"
+            )
 
     p = sub.add_parser("demo", help="the whole system on the embedded synthetic default")
     p.add_argument("--out", default="demo_out")
@@ -112,19 +150,15 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = bench.add_subparsers(dest="bench", required=True)
 
     p = bsub.add_parser("flops", help="FLOPs and parameters of a model (fvcore counting)")
-    p.add_argument("--preset", default="vit_b")
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--mask-ratio", type=float, default=0.5)
+    _add_model_args(p)
     p.add_argument("--mask", default="cell_running", help="mask strategy")
-    p.add_argument("--head", choices=["bridging", "linear"], default="bridging")
-    p.add_argument("--classes", type=int, default=400)
+    p.add_argument("--head", choices=["bridging", "linear"], default="bridging", help="classification head")
+    p.add_argument("--classes", type=int, default=400, help="number of classes")
     p.add_argument("--train", action="store_true", help="add the reconstruction decoder")
-    p.add_argument("--decoder-keep", type=float, default=1.0)
     _add_json(p)
 
     p = bsub.add_parser("kernels", help="fused masked patch embedding vs reference vs Conv3d-then-gather")
-    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--iters", type=int, default=5, help="timed iterations per case")
     p.add_argument("--out", default=None, help="directory for kernels.json")
     _add_json(p)
 
@@ -141,16 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(p)
 
     p = bsub.add_parser("step", help="training and inference step time, standard vs MAR")
-    p.add_argument("--preset", default="vit_b")
-    p.add_argument("--standard-preset", default=None)
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--mask-ratio", type=float, default=0.5)
-    p.add_argument("--decoder-keep", type=float, default=1.0)
-    p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--device", default="auto")
+    _add_model_args(p)
+    p.add_argument("--standard-preset", default=None, help="the standard scheme's preset (default: --preset)")
+    p.add_argument("--batch", type=int, default=2, help="clips per step")
+    p.add_argument("--iters", type=int, default=5, help="timed iterations (the median is reported)")
+    p.add_argument(
+        "--warmup", type=int, default=1, help="untimed iterations first (at least 2 with --compile)"
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--checkpoint-heads", action="store_true", help="activation checkpointing of MAR's heads")
     p.add_argument(
         "--variants",
@@ -158,37 +190,56 @@ def build_parser() -> argparse.ArgumentParser:
         help="also time MAR with --decoder-keep (0.5 if not given), with checkpointed heads, and both",
     )
     p.add_argument("--sweep", action="store_true", help="mask ratios 0, 25, 50, 75%% and a PNG")
-    p.add_argument("--out", default=None, help="directory for step.json and the PNG")
+    p.add_argument("--compile", action="store_true",
+                   help="also time every job with its blocks compiled (train.compile), eager beside compiled")  # fmt: skip
+    p.add_argument("--out", default="bench_step", help="directory for step.json and the PNG")
     _add_json(p)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = vars(build_parser().parse_args(argv))
-    cmd = args.pop("command")
-    if cmd == "bench":
-        which = args.pop("bench")
-        return _call(f"marvit.bench.{which}:main", **args)
-    if cmd in ("train", "eval", "profile"):
-        from marvit.config import ConfigError, load_config
+CONFIG_COMMANDS = {"train": "marvit.train.loop:train", "eval": "marvit.train.evaluate:main",
+                   "profile": "marvit.bench.profile:main"}  # fmt: skip
+COMMANDS = {
+    "info": "marvit.bench.info:main",
+    "doctor": "marvit.bench.doctor:main",
+    "synth": "marvit.pipeline.synth:main",
+    "convert": "marvit.pipeline.convert:convert",
+    "verify": "marvit.pipeline.convert:verify",
+    "demo": "marvit.demo:main",
+    "visualize": "marvit.bench.visualize:main",
+}
 
-        target = {"train": "marvit.train.loop:train", "eval": "marvit.train.evaluate:main",
-                  "profile": "marvit.bench.profile:main"}[cmd]  # fmt: skip
-        try:  # the config's own checks, then those that need the data or the device, before any work
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns, extra = parser.parse_known_args(argv)
+    args = dict(vars(ns))
+    cmd = args.pop("command")
+    debug = args.pop("debug") or os.environ.get("MARVIT_DEBUG", "") not in ("", "0")
+    if cmd in CONFIG_COMMANDS:  # key=value overrides may also follow the options
+        args["overrides"] = [*args["overrides"], *(x for x in extra if "=" in x and not x.startswith("-"))]
+        extra = [x for x in extra if not ("=" in x and not x.startswith("-"))]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        if cmd == "bench":
+            return _call(f"marvit.bench.{args.pop('bench')}:main", **args)
+        if cmd in CONFIG_COMMANDS:
+            from marvit.config import load_config
+
+            # the config's own checks, then those that need the data or the device, before any work
             cfg = load_config(args.pop("config"), args.pop("overrides"))
-            return _call(target, cfg=cfg, **args)
-        except ConfigError as e:
-            print(f"marvit {cmd}: config error: {e}", file=sys.stderr)
-            return 2
-    target = {
-        "info": "marvit.bench.info:main",
-        "synth": "marvit.pipeline.synth:main",
-        "convert": "marvit.pipeline.convert:convert",
-        "verify": "marvit.pipeline.convert:verify",
-        "demo": "marvit.demo:main",
-        "visualize": "marvit.bench.visualize:main",
-    }[cmd]
-    return _call(target, **args)
+            return _call(CONFIG_COMMANDS[cmd], cfg=cfg, **args)
+        return _call(COMMANDS[cmd], **args)
+    except InputError as e:
+        if debug:
+            raise
+        name = f"{cmd} {ns.bench}" if cmd == "bench" else cmd
+        print(f"marvit {name}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"marvit {cmd}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

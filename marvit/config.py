@@ -11,7 +11,6 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field, fields
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
@@ -50,6 +49,8 @@ class ModelConfig:
     depth: int = 12
     num_heads: int = 12
     mlp_ratio: float = 4.0
+    # the input the model is built for; in a YAML config these are set once, as data.img_size and
+    # data.num_frames, and copied here (``Config.validate``): one frame count and one image size per run
     img_size: int = 224
     num_frames: int = 16
     patch_size: int = 16
@@ -88,7 +89,9 @@ class ModelConfig:
         t, h, w = self.grid
         return t * h * w
 
-    def validate(self, prefix: str = "model") -> None:
+    def validate(self, prefix: str = "model", sizes_from: str | None = None) -> None:
+        """``sizes_from="data"``: the frame count and image size came from the data section; errors name it."""
+        sp = sizes_from or prefix  # the section whose num_frames / img_size the user set
         _positive(self, prefix, ["embed_dim", "depth", "num_heads", "img_size", "num_frames", "patch_size",
                                  "tubelet_size", "in_chans", "num_classes", "bridge_dim", "bridge_depth",
                                  "bridge_heads", "decoder_dim", "decoder_depth", "decoder_heads"])  # fmt: skip
@@ -99,12 +102,12 @@ class ModelConfig:
                 raise ConfigError(f"{prefix}.{key}={dim}: must be divisible by its number of heads ({heads})")
         if self.num_frames % self.tubelet_size:
             raise ConfigError(
-                f"{prefix}.num_frames={self.num_frames}: must be divisible by "
+                f"{sp}.num_frames={self.num_frames}: must be divisible by "
                 f"{prefix}.tubelet_size={self.tubelet_size}"
             )
         if self.img_size % self.patch_size:
             raise ConfigError(
-                f"{prefix}.img_size={self.img_size}: must be divisible by {prefix}.patch_size={self.patch_size}"
+                f"{sp}.img_size={self.img_size}: must be divisible by {prefix}.patch_size={self.patch_size}"
             )
         if not 0.0 <= self.drop_path < 1.0:
             raise ConfigError(f"{prefix}.drop_path={self.drop_path}: must be in [0, 1)")
@@ -115,18 +118,6 @@ class ModelConfig:
 # --------------------------------------------------------------------------------------------------------
 # Mask
 # --------------------------------------------------------------------------------------------------------
-
-MASK_STRATEGIES = (
-    "none",
-    "cell_running",
-    "uniform_running",
-    "random",
-    "tube",
-    "frame",
-    "block",
-    "random_running",
-    "block_running",
-)
 
 
 @dataclass
@@ -141,33 +132,14 @@ class MaskConfig:
     # cell running: time slices in running order ("fixed") or permuted per clip ("shuffled")
     temporal: Literal["fixed", "shuffled"] = "shuffled"
 
-    def validate(self, grid: tuple[int, int, int] | None = None, prefix: str = "mask") -> None:
-        if self.strategy not in MASK_STRATEGIES:
-            raise ConfigError(
-                f"{prefix}.strategy={self.strategy!r}: unknown; allowed: {list(MASK_STRATEGIES)}"
-            )
+    def validate(self, prefix: str = "mask") -> None:
+        """The ranges only; which ratios a strategy and cell can express is masking's rule
+        (``marvit.model.masking.validate_mask``), checked when the run's scheme is resolved."""
         if not 0.0 <= self.ratio < 1.0:
             raise ConfigError(f"{prefix}.ratio={self.ratio}: must be in [0, 1) (the masked fraction)")
         r, q = self.cell
         if r <= 0 or q <= 0:
             raise ConfigError(f"{prefix}.cell={list(self.cell)}: both sides must be positive")
-        if self.strategy in ("cell_running",):
-            check_ratio(self.ratio, r * q, f"{prefix}.ratio", f"a {r}x{q} cell")
-        if grid is not None and self.strategy in ("cell_running",):
-            _, h, w = grid
-            if h % r or w % q:
-                raise ConfigError(
-                    f"{prefix}.cell={[r, q]}: must divide the {h}x{w} token plane (model.img_size / patch_size)"
-                )
-
-
-def check_ratio(ratio: float, n: int, key: str, what: str) -> int:
-    """Return ``ratio * n`` when it is a whole number, else refuse: the ratio must be a multiple of 1/n."""
-    k = Fraction(ratio).limit_denominator(10_000) * n
-    if k.denominator != 1 or abs(float(k) - ratio * n) > 1e-6:
-        allowed = ", ".join(f"{i / n:g}" for i in range(n)) if n <= 16 else f"multiples of 1/{n}"
-        raise ConfigError(f"{key}={ratio}: {what} can only mask a multiple of 1/{n}; allowed: {allowed}")
-    return int(k)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -239,7 +211,6 @@ class TrainConfig:
     scheme: Literal["standard", "mar", "pretrain"] = "mar"
     epochs: int = 40
     max_steps: int | None = None  # stops early when set (counts optimizer steps)
-    batch_size: int | None = None  # per process; overrides data.batch_size when set
     accum_steps: int = 1
     base_lr: float = 1e-3
     scale_lr: bool = True  # lr = base_lr * global_batch / 256
@@ -256,10 +227,15 @@ class TrainConfig:
     # activation checkpointing of the bridging and decoder blocks: less memory, a few % more compute
     checkpoint_heads: bool = False
     amp: bool = True  # bf16 autocast on CUDA; ignored on a CPU
+    # torch.compile of every transformer block (encoder, bridging classifier, decoder; fullgraph, so no
+    # graph break inside a block); the patch embedding and the heads' glue stay eager
+    compile: bool = False
     seed: int = 0
     device: str = "auto"
     out_dir: str = "runs/default"
     resume: str | None = None  # "auto", a checkpoint path, or None
+    # a resumed run refuses a config that changes the run (schedule, model, data) unless this is true
+    allow_config_change: bool = False
     log_interval: int = 10
     eval_interval: int = 0  # optimizer steps between evaluations; 0 = at the end of every epoch
     save_interval: int = 0  # optimizer steps between checkpoints; 0 = at the end of every epoch
@@ -269,8 +245,6 @@ class TrainConfig:
         _positive(self, prefix, ["epochs", "accum_steps", "log_interval", "keep_last"])
         if self.max_steps is not None and self.max_steps <= 0:
             raise ConfigError(f"{prefix}.max_steps={self.max_steps}: must be positive or null")
-        if self.batch_size is not None and self.batch_size <= 0:
-            raise ConfigError(f"{prefix}.batch_size={self.batch_size}: must be positive or null")
         if self.base_lr <= 0:
             raise ConfigError(f"{prefix}.base_lr={self.base_lr}: must be positive")
         if not 0 < self.layer_decay <= 1:
@@ -287,6 +261,10 @@ class TrainConfig:
             )
 
 
+# ModelConfig fields a config file sets only under data: (the model is built for the data's clips)
+DATA_OWNED = ("num_frames", "img_size")
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -295,22 +273,20 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> Config:
-        self.model.validate()
-        self.mask.validate(self.model.grid)
+        """Check every section; the model takes its input size from the data (the one place for it)."""
         self.data.validate()
+        self.model.num_frames, self.model.img_size = self.data.num_frames, self.data.img_size
+        self.model.validate(sizes_from="data")
+        self.mask.validate()
         self.train.validate()
-        if self.data.num_frames != self.model.num_frames:
-            raise ConfigError(
-                f"data.num_frames={self.data.num_frames}: must equal model.num_frames={self.model.num_frames}"
-            )
-        if self.data.img_size != self.model.img_size:
-            raise ConfigError(
-                f"data.img_size={self.data.img_size}: must equal model.img_size={self.model.img_size}"
-            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(dataclasses.asdict(self))
+        """The config as plain data, as a YAML file states it (the model's input size lives under data)."""
+        d = _to_plain(dataclasses.asdict(self))
+        for key in DATA_OWNED:
+            d["model"].pop(key)
+        return d
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -339,6 +315,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(
                 f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}"
             )
+        if not raw:
+            # an empty file would silently train the built-in ViT-B recipe: refuse it
+            raise ConfigError(
+                f"{path}: the config is empty; it needs at least one of the sections model, mask, data, train "
+                "(see configs/*.yaml)"
+            )
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -363,6 +345,12 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
         raise ConfigError(f"unknown config section(s) {sorted(unknown)}; allowed: model, mask, data, train")
     model_raw = dict(raw.get("model") or {})
     _check_mapping(model_raw, "model")
+    for key in DATA_OWNED:
+        if key in model_raw:
+            raise ConfigError(
+                f"model.{key}={model_raw[key]!r}: set it as data.{key} (the one place for the clip's "
+                f"{'frame count' if key == 'num_frames' else 'image size'}; the model is built for the data)"
+            )
     name = model_raw.get("name")
     base = ModelConfig.from_name(name) if name is not None else ModelConfig()
     cfg = Config(

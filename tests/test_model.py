@@ -232,3 +232,28 @@ def test_pretraining_model_every_parameter_gets_a_gradient():
     loss = mar_loss(out.get("logits"), None, out["pred"], model.targets(video, msk), recon_weight=1.0)["loss"]
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.35])
+def test_drop_path_is_timms_stochastic_depth(rate):
+    # the tensor-rate DropPath (one compiled graph for a whole drop-path schedule) does what timm's does:
+    # per sample, drop the whole residual branch with probability `rate`, else scale it by 1 / (1 - rate)
+    from timm.layers import DropPath as TimmDropPath
+
+    from marvit.model.layers import DropPath
+
+    n = 20000
+    x = torch.rand(n, 3, 4) + 0.5  # no zeros of its own
+    out = {}
+    for name, layer in (("ours", DropPath(rate)), ("timm", TimmDropPath(rate))):
+        torch.manual_seed(1)
+        y = layer.train()(x)
+        kept = (y != 0).flatten(1)
+        assert torch.equal(kept.all(1), kept.any(1))  # whole samples, never parts
+        k = kept.all(1)
+        torch.testing.assert_close(y[k], x[k] / (1 - rate))
+        assert torch.equal(layer.eval()(x), x)
+        out[name] = k.float().mean().item()
+    sigma = (rate * (1 - rate) / n) ** 0.5
+    for name, frac in out.items():
+        assert abs(frac - (1 - rate)) < 4 * sigma, (name, frac)

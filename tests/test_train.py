@@ -23,7 +23,7 @@ from marvit.train.loop import train
 from marvit.train.optim import cosine_lr, param_groups
 
 TINY = """
-model: {name: vit_s, embed_dim: 32, depth: 2, num_heads: 2, img_size: 32, num_frames: 4, num_classes: 4,
+model: {name: vit_s, embed_dim: 32, depth: 2, num_heads: 2, num_classes: 4,
         bridge_dim: 32, bridge_depth: 1, bridge_heads: 2, decoder_dim: 32, decoder_heads: 2, decoder_depth: 1,
         drop_path: 0.0, head_dropout: 0.0}
 data: {backend: synthetic, batch_size: 4, num_frames: 4, img_size: 32, synthetic_samples: [32, 16],
@@ -142,7 +142,7 @@ def test_multiview_scores_are_averaged_after_softmax():
     video = row_ids.view(6, 1, 1, 1, 1).expand(6, 3, 2, 2, 2).clone()
     batch = {"video": video, "label": torch.tensor([2, 2, 2, 3, 3, 3]),
              "video_id": torch.tensor([0, 0, 0, 1, 1, 1]), "view": torch.tensor([0, 1, 2, 0, 1, 2])}  # fmt: skip
-    res = evaluate(_FixedLogits(table), [batch], None, (1, 1, 1), torch.device("cpu"))
+    res = evaluate(_FixedLogits(table), [batch], None, torch.device("cpu"))
     # the independent reference: average softmax per video by hand
     p0 = sum(torch.softmax(table[i], 0) for i in (0, 1, 2)) / 3
     p1 = sum(torch.softmax(table[i], 0) for i in (3, 4, 5)) / 3

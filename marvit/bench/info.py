@@ -59,9 +59,9 @@ def collect() -> dict:
     return info
 
 
-def main(json: bool) -> int:
+def main(as_json: bool = False) -> int:
     info = collect()
-    if json:
+    if as_json:
         print(_json.dumps(info, indent=2))
         return 0
 

@@ -14,7 +14,6 @@ the gain a memory-bound GPU should see. No numbers are asserted anywhere.
 from __future__ import annotations
 
 import json as jsonlib
-import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,21 +21,17 @@ from typing import Any
 
 import torch
 
-from marvit.bench.step import timed_ms
-from marvit.kernels import dispatch
-from marvit.kernels.patch_embed import masked_patch_embed, masked_patch_embed_reference, standard_patch_embed
-from marvit.model.masking import make_mask, visible_indices
+from marvit.bench.timing import spread, timed_ms
+from marvit.kernels import dispatch, masked_patch_embed, masked_patch_embed_reference, standard_patch_embed
+from marvit.model.masking import eval_visible
+from marvit.pipeline.manifest import atomic_write_bytes, atomic_write_json
 
 WIDTHS = {"vit_b": 768, "vit_l": 1024}
 RATIOS = (0.5, 0.75)
 CLIP = (16, 224, 224)  # (T, H, W)
 TUBELET = (2, 16, 16)
+GRID = tuple(c // t for c, t in zip(CLIP, TUBELET))  # (8, 14, 14) token grid
 BATCH = 2
-
-
-def eval_visible_idx(ratio: float, grid: tuple[int, int, int] = (8, 14, 14)) -> torch.Tensor:
-    """Visible token indices (N_vis,) of the 2x2 cell running evaluation mask (see MAR_SPEC.md), ascending."""
-    return visible_indices(make_mask("cell_running", ratio, grid, batch=1, train=False))[0]
 
 
 def bytes_moved(path: str, B: int, N: int, N_vis: int, K: int, D: int, elt: int, pos_elt: int = 4) -> int:
@@ -69,14 +64,10 @@ def bytes_moved(path: str, B: int, N: int, N_vis: int, K: int, D: int, elt: int,
 
 
 def _time(fn: Callable[[], Any], iters: int, device: torch.device) -> tuple[float, float]:
-    """(first call ms, median of `iters` steady-state calls ms), synchronizing the device around each."""
-
-    def once() -> float:
-        return timed_ms(fn, device)
-
-    first = once()
-    once()  # one more warm-up call
-    return first, statistics.median(once() for _ in range(max(iters, 1)))
+    """(first call ms, median of `iters` steady-state calls ms), each timed with the device synced."""
+    first = timed_ms(fn, device)
+    timed_ms(fn, device)  # one more warm-up call
+    return first, spread([timed_ms(fn, device) for _ in range(max(iters, 1))])["median"]
 
 
 def _case(
@@ -118,7 +109,7 @@ def run(iters: int = 5, device: torch.device | None = None) -> dict[str, Any]:
         bias = torch.zeros(D, device=device, dtype=dtype, requires_grad=True)
         pos = torch.randn(N, D, generator=gen).to(device)  # fp32 buffer, as the model keeps it
         for ratio in RATIOS:
-            idx = eval_visible_idx(ratio).to(device).expand(BATCH, -1).contiguous()  # (B, N_vis)
+            idx = eval_visible("cell_running", ratio, GRID, BATCH, device=device)  # (B, N_vis)
             n_vis = idx.shape[1]
             ref_out = masked_patch_embed_reference(video, idx, weight, bias, pos).detach().float()
             for path, fn in paths.items():
@@ -140,7 +131,7 @@ def run(iters: int = 5, device: torch.device | None = None) -> dict[str, Any]:
     gains = []
     for name, D in WIDTHS.items():
         for ratio in RATIOS:
-            n_vis = eval_visible_idx(ratio).numel()
+            n_vis = eval_visible("cell_running", ratio, GRID, 1).shape[1]
             b = {p: bytes_moved(p, BATCH, N, n_vis, K, D, 2) for p in ("fused", "reference", "standard")}
             gains.append({
                 "model": name, "mask_ratio": ratio,
@@ -191,17 +182,17 @@ def format_table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(iters: int = 5, out: str | None = None, json: bool = False) -> int:
+def main(iters: int = 5, out: str | None = None, as_json: bool = False) -> int:
     """CLI entry: `marvit bench kernels [--iters N] [--out DIR] [--json]`."""
     if iters < 1:
         print(f"marvit bench kernels: --iters must be >= 1, got {iters}", file=sys.stderr)
         return 2
     res = run(iters)
-    print(jsonlib.dumps(res, indent=2) if json else format_table(res))
+    print(jsonlib.dumps(res, indent=2) if as_json else format_table(res))
     if out is not None:
         path = Path(out)
         path.mkdir(parents=True, exist_ok=True)
-        (path / "kernels.json").write_text(jsonlib.dumps(res, indent=2))
-        (path / "kernels.txt").write_text(format_table(res) + "\n")
+        atomic_write_json(path / "kernels.json", res, indent=2)
+        atomic_write_bytes(path / "kernels.txt", (format_table(res) + "\n").encode())
         print(f"wrote {path / 'kernels.json'}", file=sys.stderr)
     return 0

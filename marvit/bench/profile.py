@@ -1,10 +1,10 @@
 """`marvit profile CONFIG`: torch.profiler over a few training steps of the standard scheme and of MAR.
 
-Both schemes are derived from one config with ``train.loop.resolve_scheme``: standard = every token, the
+Both schemes are derived from one config with ``marvit.train.scheme.resolve``: standard = every token, the
 linear head, no decoder; MAR = the config's mask (cell running at 50% when it has none) and the bridging
 head, with the reconstruction branch at ``train.recon_weight``. Batches come from the config's loader
 (``data.backend=synthetic`` needs no files); each step is what ``marvit train`` runs (the masks and decoder
-targets of ``train_indices``, ``mar_loss``, AdamW), without mixup. One step per scheme runs before the
+targets and loss of ``marvit.train.step.forward_loss``, AdamW), without mixup. One step per scheme runs before the
 profiler starts (warm-up), then ``--steps`` steps are recorded.
 
 Output in ``--out``: a Chrome trace per scheme (``trace_standard.json``, ``trace_mar.json``; open them in
@@ -23,7 +23,6 @@ embedding's backward runs outside its forward label and is counted with the matm
 from __future__ import annotations
 
 import copy
-import json as jsonlib
 import time
 from pathlib import Path
 from typing import Any
@@ -33,9 +32,12 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from marvit.bench.step import train_step
 from marvit.config import Config
+from marvit.errors import InputError
 from marvit.model import build_model
-from marvit.train.loop import build_data_loader, check_data, pick_device, recon_weight, resolve_scheme
+from marvit.pipeline.manifest import atomic_write_bytes, atomic_write_json
 from marvit.train.optim import build_optimizer
+from marvit.train.scheme import Scheme, resolve
+from marvit.train.setup import build_data_loader, check_data, compile_blocks, pick_device
 
 CLASSES = ("attention", "matmul", "patch_embed", "data_loading", "other")
 LABELS = ("data_loading", "patch_embed")  # record_function labels that claim everything inside them
@@ -48,15 +50,16 @@ MATMUL_OPS = {
 TOP_K = 12
 
 
-def scheme_config(cfg: Config, scheme: str) -> Config:
-    """The config of ``scheme`` ("standard" or "mar") derived from ``cfg``."""
+def derive_scheme(cfg: Config, scheme: str) -> tuple[Config, Scheme]:
+    """``cfg`` as the ``scheme`` ("standard" or "mar") to profile: MAR gets cell running at 50% when the
+    config masks nothing, and the bridging head; then :func:`marvit.train.scheme.resolve`."""
     c = copy.deepcopy(cfg)
     c.train.scheme = scheme
     if scheme == "mar":
         if c.mask.strategy == "none" or c.mask.ratio == 0:
             c.mask.strategy, c.mask.ratio = "cell_running", 0.5
         c.model.head = "bridging"
-    return resolve_scheme(c)
+    return resolve(c)
 
 
 def classify(name: str) -> str | None:
@@ -93,42 +96,44 @@ def class_times(events: Any, device_time: bool) -> dict[str, float]:
     return out
 
 
-def profile_scheme(cfg: Config, steps: int, trace: Path) -> dict:
+def _batches(loader):
+    """The loader's batches, epoch after epoch."""
+    epoch = 0
+    while True:
+        loader.set_epoch(epoch)
+        yield from loader.iter_from(0)
+        epoch += 1
+
+
+def profile_scheme(cfg: Config, scheme: Scheme, steps: int, trace: Path, compile: bool = False) -> dict:
     """Profile ``steps`` training steps of a resolved config; write its Chrome trace to ``trace``."""
     check_data(cfg)
     dev = pick_device(cfg.train.device, 0)
     amp_dtype = torch.bfloat16 if (cfg.train.amp and dev.type == "cuda") else None
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, with_decoder=recon_weight(cfg) > 0, device=dev).train()
+    model = build_model(cfg.model, with_decoder=scheme.with_decoder, device=dev).train()
+    if compile:
+        compile_blocks(model)
     optimizer = build_optimizer(model, cfg.train, cfg.train.base_lr)
     loader = build_data_loader(cfg, "train", True, 0, 1, dev)
-    n_batches = len(loader)
-    if n_batches == 0:
+    if len(loader) == 0:
         raise ValueError("the training split has fewer clips than one batch")
     gen = torch.Generator(device=dev).manual_seed(cfg.train.seed)
-    it = iter(loader)
+    batches = _batches(loader)
 
-    def next_batch(k: int) -> dict[str, torch.Tensor]:
-        nonlocal it
-        if hasattr(loader, "batch"):  # random access
-            return loader.batch(k % n_batches)
-        try:
-            return next(it)
-        except StopIteration:
-            it = iter(loader)
-            return next(it)
-
-    def step(k: int) -> None:
+    def step() -> None:
         with record_function("data_loading"):
-            batch = next_batch(k)
-        train_step(model, optimizer, cfg, batch["video"], batch["label"], gen, amp_dtype)
+            batch = next(batches)
+        train_step(model, optimizer, scheme, batch["video"], batch["label"], gen, amp_dtype)
 
-    step(0)  # warm-up: allocator, optimizer state, kernel selection
+    step()  # warm-up: allocator, optimizer state, kernel selection (and compilation)
+    if compile:
+        step()  # a possible recompilation with dynamic shapes
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     with profile(activities=activities) as prof:
         t0 = time.perf_counter()
-        for k in range(1, steps + 1):
-            step(k)
+        for _ in range(steps):
+            step()
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         wall = time.perf_counter() - t0
@@ -144,7 +149,8 @@ def profile_scheme(cfg: Config, steps: int, trace: Path) -> dict:
     return {
         "mask": f"{cfg.mask.strategy}@{cfg.mask.ratio:g}",
         "head": cfg.model.head,
-        "recon_weight": recon_weight(cfg),
+        "recon_weight": scheme.recon_weight,
+        "compiled": compile,
         "decoder_keep": cfg.train.decoder_keep,
         "batch": cfg.data.batch_size,
         "steps": steps,
@@ -190,19 +196,20 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
-def main(cfg: Config, steps: int, out: str | None) -> int:
+def main(cfg: Config, steps: int, out: str | None, compile: bool = False) -> int:
     if steps < 1:
-        raise ValueError(f"--steps={steps}: must be at least 1")
+        raise InputError(f"--steps={steps}: must be at least 1")
     out_dir = Path(out or "profile_out")
     out_dir.mkdir(parents=True, exist_ok=True)
     res: dict[str, Any] = {"model": cfg.model.name, "frames": cfg.model.num_frames, "size": cfg.model.img_size,
                            "device": str(pick_device(cfg.train.device, 0))}  # fmt: skip
     for scheme in ("standard", "mar"):
         print(f"profiling {scheme} ({steps} steps) ...", flush=True)
-        res[scheme] = profile_scheme(scheme_config(cfg, scheme), steps, out_dir / f"trace_{scheme}.json")
-    (out_dir / "profile.json").write_text(jsonlib.dumps(res, indent=2))
+        c, sch = derive_scheme(cfg, scheme)
+        res[scheme] = profile_scheme(c, sch, steps, out_dir / f"trace_{scheme}.json", compile=compile)
+    atomic_write_json(out_dir / "profile.json", res, indent=2)
     md = markdown(res)
-    (out_dir / "profile.md").write_text(md)
+    atomic_write_bytes(out_dir / "profile.md", md.encode())
     print(md)
     print(f"wrote {out_dir / 'profile.json'}, {out_dir / 'profile.md'} and the traces")
     return 0

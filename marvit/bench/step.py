@@ -2,11 +2,12 @@
 
 Both schemes are built in one process and timed interleaved (standard, MAR, standard, MAR, ...) so that
 whatever else the machine does falls on both alike; warm-up iterations are dropped and the median with
-its spread (min, max, quartiles) is reported. What each scheme runs is what ``marvit train`` runs:
-  standard - every token, the linear head, no decoder (``resolve_scheme`` with ``train.scheme=standard``);
+its spread (min, max, quartiles) is reported. What each scheme runs is what ``marvit train`` runs, step for step: the scheme comes from
+``marvit.train.scheme.resolve`` and each micro-step is ``marvit.train.step.forward_loss``:
+  standard - every token, VideoMAE's fine-tuning head, no decoder;
   MAR      - the cell running training mask at ``--mask-ratio``, the bridging classifier and the
-             reconstruction branch (lambda = 0.1) over the masked tokens, or a ``--decoder-keep`` fraction
-             of them; the indices come from ``train.loop.train_indices``, the loss from ``mar_loss``.
+             reconstruction branch (lambda = the config default, 0.1) over the masked tokens, or a
+             ``--decoder-keep`` fraction of them.
 A training step is forward, backward and the AdamW step of ``build_optimizer``; inference is a no_grad
 forward in eval mode (MAR under its evaluation mask). bf16 autocast on CUDA, fp32 on a CPU; explicit device
 syncs around every timed region on CUDA.
@@ -20,16 +21,19 @@ allocated before it; ``activation_mb`` reports the saved-tensor count on a CPU a
 
 ``--sweep`` times MAR at mask ratios 0, 0.25, 0.5 and 0.75 (0 = the MAR architecture with every token and
 no reconstruction, as there is nothing masked) against the one standard model, and draws speedup and
-activation memory against the ratio. Nothing here asserts a time.
+activation memory against the ratio. ``--compile`` adds, in the same run, every job with its blocks
+compiled (``train.compile``): eager and compiled ratios side by side, and each scheme's compiled-vs-eager
+speedup. Nothing here asserts a time.
 """
 
 from __future__ import annotations
 
+import copy
 import json as jsonlib
 import statistics
 import sys
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +41,16 @@ import torch
 from tqdm import tqdm
 
 from marvit.bench.flops import count_flops
+from marvit.bench.timing import spread, timed_ms
 from marvit.config import Config, DataConfig, MaskConfig, ModelConfig, TrainConfig
-from marvit.model import MARModel, build_model, mar_loss
-from marvit.model.masking import num_visible
-from marvit.train.evaluate import eval_mask_indices
-from marvit.train.loop import pick_device, recon_weight, resolve_scheme, train_indices
+from marvit.errors import InputError
+from marvit.model import MARModel, build_model
+from marvit.pipeline.manifest import atomic_write_bytes, atomic_write_json
 from marvit.train.optim import build_optimizer
+from marvit.train.scheme import Scheme, resolve
+from marvit.train.setup import compile_blocks, pick_device
+from marvit.train.step import forward_loss
 
-RECON_WEIGHT = 0.1  # lambda of the reconstruction loss (SSv2-style)
 TRAIN_FLOP_FACTOR = 3  # forward + backward (~2x forward) per training step
 SWEEP_RATIOS = (0.0, 0.25, 0.5, 0.75)
 
@@ -134,40 +140,29 @@ def scheme_config(
     ratio: float = 0.5,
     decoder_keep: float = 1.0,
 ) -> Config:
-    """The resolved config of ``scheme`` ("standard" or "mar"); ratio 0 means no mask at all."""
+    """The resolved config of ``scheme`` ("standard" or "mar"); ratio 0 means no mask at all.
+
+    Everything but the sizes is the config's default (lambda = ``TrainConfig().recon_weight``)."""
     cfg = Config(
-        model=ModelConfig.from_name(preset, num_frames=frames, img_size=size, head="bridging"),
+        model=ModelConfig.from_name(preset, head="bridging"),
         mask=MaskConfig(strategy="cell_running" if ratio > 0 else "none", ratio=ratio),
         data=DataConfig(num_frames=frames, img_size=size, batch_size=batch, mixup=0.0, cutmix=0.0),
-        train=TrainConfig(scheme=scheme, recon_weight=RECON_WEIGHT, decoder_keep=decoder_keep),
+        train=TrainConfig(scheme=scheme, decoder_keep=decoder_keep),
     )
-    return resolve_scheme(cfg)
-
-
-def step_loss(
-    model: MARModel, cfg: Config, video: torch.Tensor, label: torch.Tensor, generator: torch.Generator,
-    amp_dtype: torch.dtype | None,
-) -> dict[str, torch.Tensor]:  # fmt: skip
-    """Forward and loss of one training step, as ``train.loop`` computes them (hard labels, no mixup)."""
-    lam = recon_weight(cfg)
-    n_vis = num_visible(cfg.mask.strategy, cfg.mask.ratio, cfg.model.grid, cfg.mask.cell)
-    vis, tgt = train_indices(cfg, video.shape[0], n_vis, generator, video.device, with_targets=lam > 0)
-    with torch.autocast(video.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        out = model(video, vis, tgt)  # logits (B, classes), pred (B, N_t, t*p*p*C)
-    pixels = model.targets(video, tgt) if tgt is not None else None
-    return mar_loss(out["logits"], label, out.get("pred"), pixels, lam, cfg.data.label_smoothing)
+    return resolve(cfg)[0]
 
 
 def train_step(
-    model: MARModel, optimizer: torch.optim.Optimizer, cfg: Config, video: torch.Tensor, label: torch.Tensor,
-    generator: torch.Generator, amp_dtype: torch.dtype | None, memory: dict | None = None,
+    model: MARModel, optimizer: torch.optim.Optimizer, scheme: Scheme, video: torch.Tensor,
+    label: torch.Tensor, generator: torch.Generator, amp_dtype: torch.dtype | None, memory: dict | None = None,
 ) -> None:  # fmt: skip
-    """Forward, backward, optimizer step. With ``memory`` (a dict), the forward's activations are measured."""
+    """The loop's micro-step (``forward_loss``), backward, optimizer step. With ``memory`` (a dict), the
+    forward's activations are measured."""
     if memory is None:
-        losses = step_loss(model, cfg, video, label, generator, amp_dtype)
+        losses = forward_loss(model, scheme, video, label, generator, amp_dtype)
     else:
         with ActivationMeter(model, video.device) as meter:
-            losses = step_loss(model, cfg, video, label, generator, amp_dtype)
+            losses = forward_loss(model, scheme, video, label, generator, amp_dtype)
         memory.update(meter.result)
     losses["loss"].backward()
     optimizer.step()
@@ -176,11 +171,10 @@ def train_step(
 
 @torch.no_grad()
 def infer_step(
-    model: MARModel, cfg: Config, video: torch.Tensor, amp_dtype: torch.dtype | None
+    model: MARModel, scheme: Scheme, video: torch.Tensor, amp_dtype: torch.dtype | None
 ) -> torch.Tensor:
     """No-grad forward in eval mode; MAR sees the evaluation mask at its ratio. Returns logits (B, classes)."""
-    mask_cfg = None if cfg.train.scheme == "standard" else cfg.mask
-    vis = eval_mask_indices(mask_cfg, cfg.model.grid, video.shape[0], video.device)
+    vis = scheme.eval_indices(video.shape[0], video.device)
     with torch.autocast(video.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         return model(video, vis)["logits"]
 
@@ -188,25 +182,6 @@ def infer_step(
 # --------------------------------------------------------------------------------------------------------
 # timing
 # --------------------------------------------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed_ms(fn: Callable[[], Any], device: torch.device) -> float:
-    """Wall-clock milliseconds of ``fn()`` with device syncs before and after."""
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    return (time.perf_counter() - t0) * 1e3
-
-
-def spread(ms: list[float]) -> dict[str, float]:
-    """Median, min, max and quartiles of a list of times."""
-    q = statistics.quantiles(ms, n=4, method="inclusive") if len(ms) > 1 else [ms[0]] * 3
-    return {"median": statistics.median(ms), "min": min(ms), "max": max(ms), "q1": q[0], "q3": q[2],
-            "n": len(ms)}  # fmt: skip
 
 
 def _compare(std_ms: list[float], mar_ms: list[float], std_gf: float, mar_gf: float, batch: int) -> dict:
@@ -229,75 +204,108 @@ def _compare(std_ms: list[float], mar_ms: list[float], std_gf: float, mar_gf: fl
     }
 
 
+@dataclass
+class _Job:
+    """One timed thing: a scheme's model in one mode (eager or compiled) and one MAR setting."""
+
+    name: str
+    scheme_name: str  # "standard" or "mar"
+    model: MARModel
+    optimizer: torch.optim.Optimizer
+    cfg: Config
+    scheme: Scheme
+    checkpoint_heads: bool
+    compiled: bool
+
+
 def run(
     preset: str = "vit_b", standard_preset: str | None = None, frames: int = 16, size: int = 224,
     batch: int = 2, ratios: Iterable[float] = (0.5,), decoder_keep: float = 1.0, iters: int = 5,
     warmup: int = 1, device: str = "auto", progress: bool = True, checkpoint_heads: bool = False,
-    variants: Iterable[tuple[float, bool]] | None = None,
+    variants: Iterable[tuple[float, bool]] | None = None, compile: bool = False,
 ) -> dict:  # fmt: skip
     """Time the standard scheme against MAR at each ratio (one MAR model serves every ratio).
 
     ``variants``: (decoder_keep, checkpoint_heads) pairs, each timed as its own MAR job at every ratio,
     interleaved with the others (default: the one pair given by ``decoder_keep`` and ``checkpoint_heads``).
+    ``compile``: every job also runs with its transformer blocks compiled (``train.compile``), on copies of
+    the same weights, in the same interleaved loop; rows then come in eager and compiled pairs. Compilation
+    happens in the warm-up iterations (at least 2 with ``compile``), and its time is reported apart.
     """
     ratios = list(ratios)
     variants = list(variants) if variants is not None else [(decoder_keep, checkpoint_heads)]
     if iters < 1 or warmup < 0:
-        raise ValueError(f"iters={iters}, warmup={warmup}: need iters >= 1 and warmup >= 0")
+        raise InputError(f"--iters={iters}, --warmup={warmup}: need iters >= 1 and warmup >= 0")
+    if compile:
+        warmup = max(warmup, 2)  # the first iterations compile (and may recompile once with dynamic shapes)
     dev = pick_device(device, 0)
     amp_dtype = torch.bfloat16 if dev.type == "cuda" else None  # bf16 can crash on this CPU: fp32 there
     std_preset = standard_preset or preset
     torch.manual_seed(0)
     std_cfg = scheme_config("standard", std_preset, frames, size, batch)
     # one MAR job per (ratio, decoder_keep, checkpoint_heads)
-    mar_jobs = [(scheme_config("mar", preset, frames, size, batch, r, keep), ckpt)
+    mar_cfgs = [(scheme_config("mar", preset, frames, size, batch, r, keep), ckpt)
                 for r in ratios for keep, ckpt in variants]  # fmt: skip
-    mar_cfg0 = mar_jobs[0][0]  # every job shares the model and the optimizer settings
-
-    std_model = build_model(std_cfg.model, with_decoder=False, device=dev).train()
-    mar_model = build_model(mar_cfg0.model, with_decoder=True, device=dev).train()
-    std_opt = build_optimizer(std_model, std_cfg.train, 1e-4)
-    mar_opt = build_optimizer(mar_model, mar_cfg0.train, 1e-4)
     gen = torch.Generator(device=dev).manual_seed(0)
     video = torch.randn(batch, 3, frames, size, size, device=dev)  # (B, C, T, H, W), normalized-like
     label = torch.randint(0, std_cfg.model.num_classes, (batch,), device=dev)
 
-    # the jobs, in the order they are interleaved: standard first, then each MAR job
-    jobs: list[tuple[str, MARModel, torch.optim.Optimizer, Config, bool]] = [
-        ("standard", std_model, std_opt, std_cfg, False)
-    ]
-    jobs += [(f"mar@{c.mask.ratio:g}/keep{c.train.decoder_keep:g}/ckpt{int(ck)}", mar_model, mar_opt, c, ck)
-             for c, ck in mar_jobs]  # fmt: skip
-    times = {name: {"train": [], "infer": []} for name, *_ in jobs}
-    memory: dict[str, dict] = {name: {} for name, *_ in jobs}
+    std_model = build_model(std_cfg.model, with_decoder=False, device=dev).train()
+    mar_model = build_model(mar_cfgs[0][0].model, with_decoder=True, device=dev).train()
+    jobs: list[_Job] = []  # in the order they are interleaved: standard first, then each MAR job
+    for compiled in [False, True] if compile else [False]:
+        s_model, m_model = std_model, mar_model
+        if compiled:  # the same weights, blocks compiled in place
+            s_model, m_model = copy.deepcopy(std_model), copy.deepcopy(mar_model)
+            compile_blocks(s_model)
+            compile_blocks(m_model)
+        s_opt = build_optimizer(s_model, std_cfg.train, 1e-4)
+        m_opt = build_optimizer(m_model, mar_cfgs[0][0].train, 1e-4)  # every MAR job shares the settings
+        tag = "/compiled" if compiled else ""
+        jobs.append(_Job(f"standard{tag}", "standard", s_model, s_opt, std_cfg, resolve(std_cfg)[1], False,
+                         compiled))  # fmt: skip
+        for c, ck in mar_cfgs:
+            name = f"mar@{c.mask.ratio:g}/keep{c.train.decoder_keep:g}/ckpt{int(ck)}{tag}"
+            jobs.append(_Job(name, "mar", m_model, m_opt, c, resolve(c)[1], ck, compiled))
+    times = {j.name: {"train": [], "infer": []} for j in jobs}
+    memory: dict[str, dict] = {j.name: {} for j in jobs}
+    first_ms: dict[str, float] = {}  # the first training step of each job (compilation included)
 
     total = warmup + iters
-    bar = tqdm(range(total), desc=f"bench step ({len(jobs)} schemes)", disable=not progress, file=sys.stderr)
+    bar = tqdm(range(total), desc=f"bench step ({len(jobs)} jobs)", disable=not progress, file=sys.stderr)
     for i in bar:
-        for name, model, opt, cfg, ckpt in jobs:
-            model.train()
-            if model is mar_model:
-                model.set_grad_checkpointing(ckpt)  # as train.checkpoint_heads does
-            mem = memory[name] if i == 0 else None  # activations measured in the first step of each scheme
-            ms = timed_ms(lambda: train_step(model, opt, cfg, video, label, gen, amp_dtype, mem), dev)  # noqa: B023
+        for j in jobs:
+            j.model.train()
+            j.model.set_grad_checkpointing(j.checkpoint_heads)  # as train.checkpoint_heads does
+            # activations are measured in the first step of each eager job (hooks and compiled graphs
+            # do not mix; a compiled block saves what its eager twin saves or less)
+            mem = memory[j.name] if i == 0 and not j.compiled else None
+            ms = timed_ms(lambda: train_step(j.model, j.optimizer, j.scheme, video, label, gen, amp_dtype, mem),  # noqa: B023
+                          dev)  # fmt: skip
+            first_ms.setdefault(j.name, ms)
             if i >= warmup:
-                times[name]["train"].append(ms)
-        for name, model, _, cfg, _ in jobs:
-            model.eval()
-            ms = timed_ms(lambda: infer_step(model, cfg, video, amp_dtype), dev)  # noqa: B023
+                times[j.name]["train"].append(ms)
+        for j in jobs:
+            j.model.eval()
+            ms = timed_ms(lambda: infer_step(j.model, j.scheme, video, amp_dtype), dev)  # noqa: B023
             if i >= warmup:
-                times[name]["infer"].append(ms)
+                times[j.name]["infer"].append(ms)
         bar.set_postfix({"it": "warm-up" if i < warmup else "timed"})
     bar.close()
 
     std_fwd = count_flops(std_cfg.model, "none", 0.0)["gflops"]
     act_key = "peak_delta_mb" if dev.type == "cuda" else "saved_tensor_mb"
     rows = []
-    for name, _, _, cfg, checkpointed in jobs[1:]:
+    for j in jobs:
+        if j.scheme_name == "standard":
+            continue
+        cfg, checkpointed = j.cfg, j.checkpoint_heads
+        std_name = "standard/compiled" if j.compiled else "standard"
+        eager_name = j.name.removesuffix("/compiled")
         r, keep = cfg.mask.ratio, cfg.train.decoder_keep
         fl = count_flops(cfg.model, "cell_running", r, train=True, decoder_keep=keep)
-        n_dec = fl["decoder_tokens"] if recon_weight(cfg) > 0 else 0  # reconstructed tokens
-        std_mem, mar_mem = dict(memory["standard"]), dict(memory[name])
+        n_dec = fl["decoder_tokens"] if j.scheme.with_decoder else 0  # reconstructed tokens
+        std_mem, mar_mem = dict(memory["standard"]), dict(memory[eager_name])
         # checkpointed blocks keep their inputs through checkpoint's own saved-tensor hooks, which hide
         # them from ours: add them (B x tokens x width x 4 bytes per block) to the saved-tensor count
         kept_mb = 0.0
@@ -306,24 +314,37 @@ def run(
             kept = m.bridge_depth * n_vis * m.bridge_dim + m.decoder_depth * (n_vis + n_dec) * m.decoder_dim
             kept_mb = batch * kept * 4 / 2**20
             mar_mem["saved_tensor_mb"] += kept_mb
-        rows.append({
+        row = {
             "mask_ratio": r,
             "decoder_keep": keep,
             "checkpoint_heads": checkpointed,
+            "compiled": j.compiled,
             "tokens": cfg.model.num_tokens,
             "visible_tokens": fl["visible_tokens"],
             "decoder_tokens": n_dec,
-            "train": _compare(times["standard"]["train"], times[name]["train"], TRAIN_FLOP_FACTOR * std_fwd,
+            "train": _compare(times[std_name]["train"], times[j.name]["train"], TRAIN_FLOP_FACTOR * std_fwd,
                               TRAIN_FLOP_FACTOR * fl["train_gflops"], batch),
-            "infer": _compare(times["standard"]["infer"], times[name]["infer"], std_fwd, fl["gflops"], batch),
+            "infer": _compare(times[std_name]["infer"], times[j.name]["infer"], std_fwd, fl["gflops"], batch),
             "activation_mb": {
                 "standard": std_mem[act_key], "mar": mar_mem[act_key], "ratio": mar_mem[act_key] / std_mem[act_key],
                 "method": "cuda max_memory_allocated delta over the forward" if dev.type == "cuda"
                 else "saved_tensors_hooks: unique storages saved for backward, parameters/buffers excluded",
                 "standard_saved_tensor_mb": std_mem["saved_tensor_mb"], "mar_saved_tensor_mb": mar_mem["saved_tensor_mb"],
                 "mar_checkpointed_inputs_mb": kept_mb,
+                "measured_on": "the eager model",
             },
-        })  # fmt: skip
+        }  # fmt: skip
+        if j.compiled:  # compiled against eager, per scheme, and the compilation's cost
+            e = statistics.median
+            row["compile"] = {
+                "standard_train_speedup": e(times["standard"]["train"]) / e(times[std_name]["train"]),
+                "mar_train_speedup": e(times[eager_name]["train"]) / e(times[j.name]["train"]),
+                "standard_infer_speedup": e(times["standard"]["infer"]) / e(times[std_name]["infer"]),
+                "mar_infer_speedup": e(times[eager_name]["infer"]) / e(times[j.name]["infer"]),
+                "standard_first_step_ms": first_ms[std_name],
+                "mar_first_step_ms": first_ms[j.name],
+            }
+        rows.append(row)
     return {
         "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
         "dtype": "bf16 autocast" if amp_dtype is not None else "fp32",
@@ -336,7 +357,8 @@ def run(
         "batch": batch,
         "decoder_keep": sorted({k for k, _ in variants}),
         "checkpoint_heads": sorted({c for _, c in variants}),
-        "recon_weight": RECON_WEIGHT,
+        "recon_weight": TrainConfig().recon_weight,
+        "compile": compile,
         "iters": iters,
         "warmup": warmup,
         "flops": {
@@ -356,12 +378,13 @@ def _table(res: dict) -> str:
     head = (f"{res['preset']} MAR vs {res['standard_preset']} standard, {res['frames']}x{res['size']}, "
             f"batch {res['batch']}, {res['device']} {res['dtype']}, "
             f"median of {res['iters']} (warm-up {res['warmup']})")  # fmt: skip
-    cols = ["ratio", "dec keep", "ckpt heads", "vis", "dec", "train std ms", "train MAR ms", "train x", "infer std ms", "infer MAR ms",
+    cols = ["ratio", "dec keep", "ckpt heads", "compiled", "vis", "dec", "train std ms", "train MAR ms", "train x", "infer std ms", "infer MAR ms",
             "infer x", "GFLOP std/MAR (train)", "act std MB", "act MAR MB", "act MAR/std"]  # fmt: skip
     lines = [head, " | ".join(cols), " | ".join("-" * len(c) for c in cols)]
     for r in res["results"]:
         tr, inf, act = r["train"], r["infer"], r["activation_mb"]
         vals = [f"{r['mask_ratio']:g}", f"{r['decoder_keep']:g}", "yes" if r["checkpoint_heads"] else "no",
+                "yes" if r.get("compiled") else "no",
                 str(r["visible_tokens"]), str(r["decoder_tokens"]),
                 f"{tr['standard_ms']:.0f}", f"{tr['mar_ms']:.0f}", f"{tr['speedup']:.2f}",
                 f"{inf['standard_ms']:.0f}", f"{inf['mar_ms']:.0f}", f"{inf['speedup']:.2f}",
@@ -374,6 +397,15 @@ def _table(res: dict) -> str:
         f"{r0['train']['standard_gflops_per_s']:.0f} / MAR {r0['train']['mar_gflops_per_s']:.0f}, "
         f"infer std {r0['infer']['standard_gflops_per_s']:.0f} / MAR {r0['infer']['mar_gflops_per_s']:.0f}"
     )
+    for r in res["results"]:
+        if "compile" in r:
+            c = r["compile"]
+            lines.append(
+                f"compiled vs eager (ratio {r['mask_ratio']:g}): train standard {c['standard_train_speedup']:.2f}x, "
+                f"MAR {c['mar_train_speedup']:.2f}x; inference standard {c['standard_infer_speedup']:.2f}x, "
+                f"MAR {c['mar_infer_speedup']:.2f}x; first step (compiling) {c['standard_first_step_ms'] / 1e3:.1f} s "
+                f"/ {c['mar_first_step_ms'] / 1e3:.1f} s"
+            )
     return "\n".join(lines)
 
 
@@ -407,8 +439,8 @@ def plot(res: dict, path: Path) -> None:
 
 def main(
     preset: str, standard_preset: str | None, frames: int, size: int, batch: int, mask_ratio: float,
-    decoder_keep: float, iters: int, warmup: int, device: str, sweep: bool, out: str | None, json: bool,
-    checkpoint_heads: bool = False, variants: bool = False,
+    decoder_keep: float, iters: int, warmup: int, device: str, sweep: bool, out: str | None, as_json: bool,
+    checkpoint_heads: bool = False, variants: bool = False, compile: bool = False,
 ) -> int:  # fmt: skip
     """``--variants``: the paper's setting (full decoder, nothing checkpointed) beside the training options
     (``--decoder-keep``, 0.5 unless given; checkpointed heads; both), all against one standard run."""
@@ -418,18 +450,18 @@ def main(
         keep = decoder_keep if decoder_keep < 1.0 else 0.5
         pairs = [(1.0, False), (keep, False), (1.0, True), (keep, True)]
     res = run(preset, standard_preset, frames, size, batch, ratios, decoder_keep, iters, warmup, device,
-              checkpoint_heads=checkpoint_heads, variants=pairs)  # fmt: skip
+              checkpoint_heads=checkpoint_heads, variants=pairs, compile=compile)  # fmt: skip
     if not sweep and not variants:  # one job: its numbers at the top level too
         res.update({k: res["results"][0][k] for k in ("mask_ratio", "visible_tokens", "decoder_tokens",
                                                       "train", "infer", "activation_mb")})  # fmt: skip
     out_dir = Path(out or "bench_step")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "step.json").write_text(jsonlib.dumps(res, indent=2))
+    atomic_write_json(out_dir / "step.json", res, indent=2)
     table = _table(res)
-    (out_dir / "step.md").write_text(table + "\n")
+    atomic_write_bytes(out_dir / "step.md", (table + "\n").encode())
     if sweep:
         plot(res, out_dir / "step_sweep.png")
-    if json:
+    if as_json:
         print(jsonlib.dumps(res))
     else:
         print(table)

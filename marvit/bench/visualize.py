@@ -17,7 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from einops import rearrange  # noqa: E402
 
-from marvit.config import MASK_STRATEGIES, Config, ConfigError, load_config  # noqa: E402
+from marvit.config import Config, ConfigError, load_config  # noqa: E402
+from marvit.model.masking import MASK_STRATEGIES  # noqa: E402
 from marvit.model import build_model, make_mask, split_indices  # noqa: E402
 from marvit.model.decoder import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from marvit.model.masking import num_visible  # noqa: E402

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from einops import rearrange
-from timm.layers import DropPath, Mlp
+from timm.layers import Mlp
 from torch import nn
 
 from marvit.kernels import attention
@@ -56,6 +56,23 @@ class Attention(nn.Module):
         q, k, v = rearrange(qkv, "b n (three h d) -> three b n h d", three=3, h=self.num_heads).unbind(0)
         x = attention(q, k, v)  # (B, N, H, Dh)
         return self.proj(rearrange(x, "b n h d -> b n (h d)"))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample, as timm's ``DropPath`` (scale by the keep probability), with the rate
+    held as a tensor buffer: blocks on a linear drop-path schedule then share one compiled graph
+    (``train.compile``) instead of specializing on each block's Python float."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.register_buffer("rate", torch.tensor(float(rate)), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        keep = 1.0 - self.rate.to(x.dtype)
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)  # (B, 1, 1)
+        return x * mask / keep
 
 
 class Block(nn.Module):

@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from marvit.errors import InputError
 from marvit.model.mar import TRAIN_ONLY
 
 PREFIX = "step_"
@@ -105,20 +106,50 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory from what a user points at: a checkpoint itself, or a run directory
+    (``train.out_dir``), whose best checkpoint is used (its newest when none was marked best)."""
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return path
+    if not path.exists():
+        raise InputError(f"{path}: no such checkpoint or run directory")
+    if (path / "checkpoints" / "best" / "model.safetensors").is_file():
+        return path / "checkpoints" / "best"
+    latest = latest_checkpoint(path)
+    if latest is not None:
+        return latest
+    raise InputError(
+        f"{path}: not a marvit checkpoint (no model.safetensors) nor a run directory with checkpoints/"
+    )
+
+
 def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> dict[str, Any]:
     """Read a checkpoint directory; load its weights into ``model`` strictly (when given); return its state."""
     path = Path(path)
     if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{path}: not a marvit checkpoint (no model.safetensors)")
+        raise InputError(f"{path}: not a marvit checkpoint (no model.safetensors)")
     if model is not None:
-        weights = load_file(str(path / "model.safetensors"))
+        try:
+            weights = load_file(str(path / "model.safetensors"))
+        except Exception as e:  # safetensors raises its own error types for truncated or foreign files
+            raise InputError(f"{path / 'model.safetensors'}: unreadable safetensors file ({e})") from None
         own = model.state_dict()
         # an evaluation model built without the training-only decoder leaves those weights unused
         weights = {k: v for k, v in weights.items() if k in own or not k.startswith(TRAIN_ONLY)}
+        bad = [f"{k}: {tuple(v.shape)} in the file, {tuple(own[k].shape)} in the model"
+               for k, v in weights.items() if k in own and own[k].shape != v.shape]  # fmt: skip
+        if bad:
+            raise InputError(f"{path}: weights do not fit the model's shapes: {bad[:5]}")
         missing, unexpected = model.load_state_dict(weights, strict=False)
         if missing or unexpected:
-            raise ValueError(
+            raise InputError(
                 f"{path}: weights do not fit the model: missing {missing}, unexpected {unexpected}"
             )
     state_file = path / "state.pt"
-    return torch.load(state_file, map_location="cpu", weights_only=True) if state_file.is_file() else {}
+    if not state_file.is_file():
+        return {}
+    try:
+        return torch.load(state_file, map_location="cpu", weights_only=True)
+    except Exception as e:  # a pickle with code in it, or a truncated file
+        raise InputError(f"{state_file}: not a readable weights-only state file ({e})") from None

@@ -3,39 +3,27 @@
 The loader yields each validation video as ``clips x crops`` rows tagged with its ``video_id``; scores are
 summed per video on every rank and gathered once at the end (one host sync per evaluation, not per step).
 MAR models are evaluated with the evaluation mask at their trained ratio (cell running: the fixed,
-spatially repeated pattern); ``mask_ratio=None`` evaluates on every token.
+spatially repeated pattern); ``scheme=None`` evaluates on every token.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from marvit.config import Config, MaskConfig
-from marvit.model import build_model, make_mask, visible_indices
-from marvit.model.masking import num_visible
+from marvit.config import Config
+from marvit.model import build_model
 from marvit.pipeline.manifest import atomic_write_json
-
-
-def eval_mask_indices(mask_cfg: MaskConfig | None, grid, batch: int, device) -> torch.Tensor | None:
-    """Visible indices of the evaluation mask (B, N_vis), or None for every token."""
-    if mask_cfg is None or mask_cfg.strategy == "none" or mask_cfg.ratio == 0:
-        return None
-    gen = torch.Generator(device=device).manual_seed(1234)  # fixed: the same test mask every evaluation
-    m = make_mask(mask_cfg.strategy, mask_cfg.ratio, grid, batch=batch, train=False, generator=gen,
-                  cell=mask_cfg.cell, spatial="repeated", device=device)  # fmt: skip
-    return visible_indices(m, num_visible(mask_cfg.strategy, mask_cfg.ratio, grid, mask_cfg.cell))
+from marvit.train.scheme import Scheme, resolve
 
 
 @torch.no_grad()
-def evaluate(
-    model, loader, mask_cfg: MaskConfig | None, grid, device, amp_dtype=None, progress=False
-) -> dict:
-    """Top-1/top-5 over videos with softmax scores averaged over views. ``model`` is the bare MARModel."""
+def evaluate(model, loader, scheme: Scheme | None, device, amp_dtype=None, progress: bool = False) -> dict:
+    """Top-1/top-5 over videos with softmax scores averaged over views. ``model`` is the bare MARModel;
+    ``scheme`` gives the evaluation mask (None: every token)."""
     was_training = model.training
     model.eval()
     scores: dict[int, torch.Tensor] = {}
@@ -46,7 +34,7 @@ def evaluate(
         video = batch["video"]
         b = video.shape[0]
         if b not in masks:
-            masks[b] = eval_mask_indices(mask_cfg, grid, b, device)
+            masks[b] = scheme.eval_indices(b, device) if scheme is not None else None
         vis = masks[b]
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(video, vis)["logits"]
@@ -87,26 +75,38 @@ def summarize(scores: dict[int, torch.Tensor], labels: dict[int, int]) -> dict:
 
 
 def main(cfg: Config, checkpoint: str, views: str | None, no_mask: bool) -> int:
-    """``marvit eval CONFIG --checkpoint DIR``: multi-view top-1/top-5 as JSON (and eval.json beside it)."""
-    from marvit.train.checkpoint import load_checkpoint
-    from marvit.train.loop import build_data_loader, pick_device, resolve_scheme
+    """``marvit eval CONFIG --checkpoint DIR``: multi-view top-1/top-5 as JSON (and eval.json beside it).
 
-    cfg = resolve_scheme(cfg)
+    DIR is a checkpoint directory or a run directory (its best checkpoint, else its newest)."""
+    from marvit.errors import InputError
+    from marvit.train.checkpoint import find_checkpoint, load_checkpoint
+    from marvit.train.setup import build_data_loader, check_data, pick_device
+
+    cfg, scheme = resolve(cfg)
+    if not scheme.labels:
+        raise InputError("train.scheme=pretrain: a pretrained model has no head to evaluate")
     if views is not None:
         try:
             clips, crops = (int(v) for v in views.lower().split("x"))
+            if clips < 1 or crops < 1:
+                raise ValueError
         except ValueError:
-            print(f"marvit eval: --views {views!r}: expected CLIPSxCROPS such as 5x3")
-            return 2
+            raise InputError(
+                f"--views {views!r}: expected CLIPSxCROPS of positive numbers, such as 5x3"
+            ) from None
         cfg.data.test_clips, cfg.data.test_crops = clips, crops
+    ckpt = find_checkpoint(checkpoint)  # before any data work: a bad path fails at once
+    check_data(cfg, need_val=True)
     device = pick_device(cfg.train.device, 0)
     model = build_model(cfg.model, with_decoder=False).to(device)
-    load_checkpoint(checkpoint, model)
+    load_checkpoint(ckpt, model)
     loader = build_data_loader(cfg, "val", train=False, rank=0, world=1, device=device)
-    mask_cfg = None if (no_mask or cfg.train.scheme == "standard") else cfg.mask
-    res = evaluate(model, loader, mask_cfg, cfg.model.grid, device, progress=True)
-    res.update(checkpoint=str(checkpoint), views=f"{cfg.data.test_clips}x{cfg.data.test_crops}",
-               mask=None if mask_cfg is None else f"{mask_cfg.strategy}@{mask_cfg.ratio}")  # fmt: skip
-    atomic_write_json(Path(checkpoint) / "eval.json", res, indent=2)
+    if no_mask:
+        scheme = scheme.without_eval_mask()
+    res = evaluate(model, loader, scheme, device, progress=True)
+    m = scheme.mask
+    res.update(checkpoint=str(ckpt), views=f"{cfg.data.test_clips}x{cfg.data.test_crops}",
+               mask=f"{m.strategy}@{m.ratio}" if scheme.eval_masked else None)  # fmt: skip
+    atomic_write_json(ckpt / "eval.json", res, indent=2)
     print(json.dumps(res))
     return 0
