@@ -69,7 +69,7 @@ def test_folder_tree_with_bad_files(tmp_path):
     expect = make_folder_tree(src)
     out = tmp_path / "shards"
     entry = C.convert_split(src, out, "folder", split="train", short_side=32, shard_size=3, workers=1,
-                            progress=False)  # fmt: skip
+                            progress=False, gop=16)  # fmt: skip
     m = _manifest(out)
     assert m["classes"] == expect["classes"]
     assert entry["num_samples"] == len(expect["good"]) == 4
@@ -406,6 +406,8 @@ def test_bad_inputs_name_the_file(tmp_path, capsys):
         (["convert", str(empty), str(tmp_path / "o"), "--format", "folder", "--gop", "0"], "gop=0"),
         (["verify", str(tmp_path / "nope")], "nope"),
         (["verify", str(empty)], str(empty)),
+        (["bench", "pipeline", "--shards", str(tmp_path / "nope")], "nope"),
+        (["bench", "pipeline", "--shards", str(empty)], str(empty)),
     ]  # fmt: skip
     for argv, name in cases:
         assert main(argv) == 2, argv

@@ -38,11 +38,12 @@ from av.video.frame import PictureType
 from av.video.reformatter import Interpolation, VideoReformatter
 
 from marvit.errors import InputError
-from marvit.pipeline.encoding import DEFAULT_CRF, DEFAULT_GOP, DEFAULT_PRESET, Encoding
+from marvit.pipeline.encoding import DEFAULT_CRF, DEFAULT_PRESET, Encoding
 
 Source = str | Path | bytes
 
 DEFAULT_FPS = 30
+PLAIN_GOP = 16  # encode_h264's GOP when not given: synthetic sources and probe clips, as before
 
 
 def worker_context() -> multiprocessing.context.BaseContext:
@@ -207,7 +208,7 @@ def _encoding(enc: Encoding | None, gop: int | None, crf: int | None, preset: st
     default outside ``marvit convert`` (synthetic sources, probe clips) stays what it always was."""
     if enc is not None:
         return enc
-    return Encoding(gop=gop or DEFAULT_GOP, fastdecode=False, crf=DEFAULT_CRF if crf is None else crf,
+    return Encoding(gop=gop or PLAIN_GOP, fastdecode=False, crf=DEFAULT_CRF if crf is None else crf,
                     preset=preset or DEFAULT_PRESET)  # fmt: skip
 
 
