@@ -14,7 +14,11 @@ manifest.json::
                           "shards": [{"name": "train-000000.tar", "samples": int, "sha256": hex,
                                       "bytes": int}],
                           "skipped": [{"path": str, "reason": str}],
-                          "format": {...}, "source": {...}, ...}},
+                          "short": {"min_frames": 16, "policy": "keep" | "skip", "count": int,
+                                    "clips": [{"path": str, "frames": int}]},
+                          "order": {"seed": int, "sha256": hex, "kind": "permutation"},
+                          "format": {"gop": int, "all_intra": bool, "fastdecode": bool, "crf": int, ...},
+                          "source": {...}, "fingerprint": hex, ...}},
      "marvit_version": str, "updated": iso time}
 
 Every file is written to a temporary name and renamed into place, so a reader sees the old or the new
