@@ -13,7 +13,8 @@ still goes to exactly one worker of one rank. Evaluation reads each of the rank'
 
 Training, for class mixing: the shard order is permuted per epoch (the same order on every rank,
 :func:`marvit.pipeline.shards.epoch_order`); a worker reads ``OPEN_SHARDS`` of its shards at once,
-interleaved at random, into a shuffle buffer of ``SHUFFLE_BUFFER`` samples; the stream is endless and
+interleaved at random, into a shuffle buffer of ``SHUFFLE_BUFFER`` samples (or the worker's share of the
+split, when smaller); the stream is endless and
 stops after ``len(loader)`` = ``(num_samples // world_size) // batch_size`` batches, the same on every rank.
 Every random draw of a clip (frame window, augmentation) comes from a generator seeded by its position in
 its worker's stream, so ``iter_from(k)`` skips the first ``k`` batches without decoding them and yields the
@@ -219,7 +220,12 @@ class _ClipStream(IterableDataset):
         done = len(range(role, self.start, workers)) if self.train else 0
         it = self._samples(role, workers)
         if self.train:
-            it = self._shuffled(it, np.random.default_rng([self.seed, self.epoch, self.rank + 1, role, 1]))
+            # at most one pass of this worker's share, so an epoch shows each sample about once
+            share = self.shards.num_samples // (self.world_size * workers)
+            size = max(b, min(SHUFFLE_BUFFER, share))
+            it = self._shuffled(
+                it, np.random.default_rng([self.seed, self.epoch, self.rank + 1, role, 1]), size
+            )
         aug = ClipTrainAugment(self.recipe, cfg.img_size) if self.train else None
         v = cfg.repeated_aug if self.train else cfg.test_clips * cfg.test_crops
         shape = (b, v, cfg.num_frames, cfg.img_size, cfg.img_size, 3)
