@@ -22,13 +22,16 @@ must agree, and only the PIL side can bend):
 - Equalize: DALI's follows OpenCV's histogram equalization, so the PIL side uses that formula
   (:func:`equalize_cv`) instead of ``ImageOps.equalize`` (which differs by a level or two);
 - interpolation: DALI's warps are bilinear, timm picks bilinear or bicubic at random; both use bilinear;
+- shear and translate: PIL's affine is the inverse map, DALI's the forward one; the PIL side negates the
+  argument so that a drawn sign means the same direction;
 - the rest differs only in rounding or at the 1-pixel border: Color (DALI: saturation in YIQ, PIL: blend
   with the luma image, the same linear map), Contrast (DALI: float luma-mean centre, PIL: rounded),
   Sharpness (PIL leaves the border pixels alone), AutoContrast (rounding). The statistical test
   (tests/test_augment.py) holds the two backends together.
 
-Posterize keeps timm's meaning (``4 - int(m / 10 * 4)`` bits, so 0 bits, a black frame, when the noisy
-magnitude reaches 10); DALI's own suite would remap 0 bits to 1, so the DALI side uses this table instead.
+Posterize keeps ``4 - int(m / 10 * 4)`` bits as timm's, but at least 1: with magnitude noise the magnitude
+reaches 10 (2% of draws at m9), where timm asks PIL for 0 bits, which PIL >= 9 refuses (an exception in
+timm's own pipeline); DALI's suite remaps 0 bits to 1 as well ("to avoid completely blank images").
 
 Test views: short-side resize, then ``crops`` square crops along the long side (left/centre/right or
 top/centre/bottom) of every temporal clip. Also here: :func:`mixup_fn`, timm's Mixup/CutMix made correct
@@ -114,7 +117,7 @@ def op_argument(name: str, magnitude: float) -> float | int | None:
     if name == "Rotate":
         return level * 30.0  # degrees
     if name == "PosterizeIncreasing":
-        return 4 - int(level * 4)  # bits kept
+        return max(1, 4 - int(level * 4))  # bits kept; timm's 0 at magnitude 10 is refused by PIL >= 9
     if name == "SolarizeIncreasing":
         return 256 - min(256, int(level * 256))  # threshold: pixels >= it are inverted
     if name == "SolarizeAdd":
@@ -173,6 +176,10 @@ def apply_op(img: Image.Image, name: str, arg: float | int | None, fill: int) ->
         return equalize_cv(img)
     if name in ENHANCE_OPS:
         arg = 1.0 + arg  # the enhance factor
+    elif name in ("ShearX", "ShearY", "TranslateXRel", "TranslateYRel"):
+        # PIL's affine takes the output -> input map, DALI's warp (inverse_map=False) the input -> output one:
+        # negated, a sign moves the picture the same way in both (the distribution is symmetric anyway)
+        arg = -arg
     kw = {"fillcolor": (fill,) * 3, "resample": Image.BILINEAR}
     fn = NAME_TO_OP[name]
     return fn(img, **kw) if arg is None else fn(img, arg, **kw)

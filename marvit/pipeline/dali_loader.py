@@ -99,7 +99,7 @@ def _suite(recipe: AugmentRecipe) -> list:
     def table(name: str) -> np.ndarray:
         return np.array([op_argument(name, m) for m in grid], dtype=np.float32)
 
-    def poster_mask(bits: float) -> np.ndarray:  # keep `bits` high bits; 0 bits: a black frame, as timm/PIL
+    def poster_mask(bits: float) -> np.ndarray:  # keep the `bits` high bits, as PIL's posterize
         return np.array(255 ^ ((1 << (8 - int(round(float(bits))))) - 1), dtype=np.uint8)
 
     dali = {
