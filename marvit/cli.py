@@ -78,41 +78,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", dest="fmt", choices=["folder", "kinetics", "ssv2", "list"], required=True,
                    help="source layout: class folders, Kinetics CSV, SSv2 JSON, or 'path label' lines")  # fmt: skip
     p.add_argument("--annotations", default=None,
-                   help="CSV / JSON / list file (kinetics, ssv2, list) (default: %(default)s)")  # fmt: skip
+                   help="CSV / JSON / list file (kinetics, ssv2, list)")  # fmt: skip
     p.add_argument("--labels", default=None,
                    help="class list: ssv2 labels JSON (found beside --annotations if omitted), or the full "
-                        "list of names for the other formats (default: %(default)s)")  # fmt: skip
-    p.add_argument(
-        "--split", default="train", help="split name, in shard names and keys (default: %(default)s)"
-    )
+                        "list of names for the other formats")  # fmt: skip
+    p.add_argument("--split", default="train", help="split name, in shard names and keys")
     p.add_argument("--short-side", type=int, default=E.DEFAULT_SHORT_SIDE,
-                   help="re-encode at this short side, never upscaled (default: %(default)s)")  # fmt: skip
+                   help="re-encode at this short side, never upscaled")  # fmt: skip
     p.add_argument("--gop", type=int, default=E.DEFAULT_GOP,
                    help="closed GOP length in frames; shorter = less decoding, bigger shards, see "
-                        "docs/encoding.md (default: %(default)s)")  # fmt: skip
+                        "docs/encoding.md")  # fmt: skip
     p.add_argument("--all-intra", action="store_true",
-                   help="every frame a keyframe (--gop 1): least decoding, largest shards (default: %(default)s)")  # fmt: skip
+                   help="every frame a keyframe (--gop 1): least decoding, largest shards")  # fmt: skip
     p.add_argument("--fastdecode", action=argparse.BooleanOptionalAction, default=E.DEFAULT_FASTDECODE,
                    help="x264's fastdecode tune (CAVLC, no deblocking): about half the decode CPU for ~1.1x "
-                        "the bytes (default: %(default)s)")  # fmt: skip
+                        "the bytes")  # fmt: skip
     p.add_argument("--crf", type=int, default=E.DEFAULT_CRF,
-                   help="x264 constant rate factor, lower = better and bigger (default: %(default)s)")  # fmt: skip
+                   help="x264 constant rate factor, lower = better and bigger")  # fmt: skip
     p.add_argument("--copy", action="store_true",
-                   help="keep the original bytes where already H.264 yuv420p mp4 (default: %(default)s)")  # fmt: skip
+                   help="keep the original bytes where already H.264 yuv420p mp4")  # fmt: skip
     p.add_argument("--shard-size", type=int, default=E.DEFAULT_SHARD_SIZE,
-                   help="samples per shard (default: %(default)s)")  # fmt: skip
+                   help="samples per shard")  # fmt: skip
     p.add_argument("--seed", type=int, default=0,
-                   help="seed of the shuffled order samples are written in (default: %(default)s)")  # fmt: skip
+                   help="seed of the shuffled order samples are written in")  # fmt: skip
     p.add_argument("--min-frames", type=int, default=E.DEFAULT_MIN_FRAMES,
-                   help="a clip with fewer frames is flagged as short (default: %(default)s)")  # fmt: skip
+                   help="a clip with fewer frames is flagged as short")  # fmt: skip
     p.add_argument("--short", choices=["keep", "skip"], default="keep",
-                   help="what to do with short clips; both list them in the manifest (default: %(default)s)")  # fmt: skip
-    p.add_argument("--workers", type=int, default=2, help="encoding processes (default: %(default)s)")
+                   help="what to do with short clips; both list them in the manifest")  # fmt: skip
+    p.add_argument("--workers", type=int, default=2, help="encoding processes")
 
     p = sub.add_parser("verify", help="check every shard against the manifest")
     p.add_argument("out", help="a `marvit convert` output directory")
     p.add_argument("--json", dest="as_json", action="store_true",
-                   help="print one JSON object instead of a table (default: %(default)s)")  # fmt: skip
+                   help="print one JSON object instead of a table")  # fmt: skip
 
     # ---- training ---------------------------------------------------------------------------------
     for name, help_ in [("train", "train a model (MAR, standard or VideoMAE pretraining)"),
@@ -172,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--out", default=None, help="directory for pipeline.json")
+    _add_json(p)
+
+    p = bsub.add_parser("encoding", help="shard size against decode work for GOP / all-intra / fastdecode")
+    p.add_argument("--clips", type=int, default=3, help="synthetic 10 s source clips")
+    p.add_argument(
+        "--draws", type=int, default=8, help="sampled clips per source, setting and rule per round"
+    )
+    p.add_argument("--rounds", type=int, default=2, help="interleaved measurement rounds")
+    p.add_argument("--out", default=None, help="directory for encoding.json")
     _add_json(p)
 
     p = bsub.add_parser("step", help="training and inference step time, standard vs MAR")

@@ -52,21 +52,27 @@ def _env() -> dict:
 def test_a_second_run_on_the_same_out_dir_is_refused_and_the_first_keeps_its_files(tmp_path):
     config, _ = _cfg(tmp_path)
     run = tmp_path / "run"
+    hold = tmp_path / "hold"  # the first run waits at step 5 while this file exists
+    hold.write_text("")
     first = subprocess.Popen(
-        [sys.executable, "-m", "marvit", "train", str(config), f"train.out_dir={run}", "train.epochs=30",
-         "train.scheme=standard"], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "marvit", "train", str(config), f"train.out_dir={run}", "train.scheme=standard"],
+        env={**_env(), "MARVIT_HOLD_STEP": "5", "MARVIT_HOLD_FILE": str(hold)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        deadline = time.time() + 120
-        while not (run / "run.lock").exists():
+        deadline = time.time() + 300
+        while not (run / "metrics.jsonl").is_file() or len(_rows(run)) < 2:  # rows of steps 2 and 4
             assert first.poll() is None, first.communicate()[1][-2000:]
-            assert time.time() < deadline, "the first run never took its lock"
+            assert time.time() < deadline, "the first run never reached step 4"
             time.sleep(0.2)
+        before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
         second = subprocess.run(
             [sys.executable, "-m", "marvit", "train", str(config), f"train.out_dir={run}", "train.epochs=1"],
-            env=_env(), capture_output=True, text=True, timeout=120,
+            env=_env(), capture_output=True, text=True, timeout=300,
         )  # fmt: skip
-        assert first.poll() is None, "the first run ended before the second was refused: make it longer"
+        after = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+        assert first.poll() is None  # the first run was alive all along
+        hold.unlink()
         out, err = first.communicate(timeout=300)
     finally:
         if first.poll() is None:
@@ -74,11 +80,12 @@ def test_a_second_run_on_the_same_out_dir_is_refused_and_the_first_keeps_its_fil
     assert second.returncode == 2, second.stderr[-2000:]
     assert "another run is using it" in second.stderr and str(run) in second.stderr
     assert "Traceback" not in second.stderr
+    assert after == before  # the refused run wrote nothing
     assert first.returncode == 0, err[-2000:]
     res = json.loads((run / "results.json").read_text())
-    assert res["steps"] == 30 * 8 and res["scheme"] == "standard"  # the first run's, not overwritten
+    assert res["steps"] == 16 and res["scheme"] == "standard"
     train_steps = [r["step"] for r in _rows(run) if "loss" in r]
-    assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 240  # one run's rows, in order
+    assert train_steps == [2, 4, 6, 8, 10, 12, 14, 16]  # one run's rows, in order
     assert not (run / "run.lock").exists()  # released at the end
 
 

@@ -23,7 +23,6 @@ writes ``DIR/encoding.json``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -176,17 +175,3 @@ def main(
         atomic_write_json(Path(out) / "encoding.json", report)
     print(json.dumps(report, indent=1) if as_json else markdown(report))
     return 0
-
-
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    ap.add_argument("--clips", type=int, default=3, help="synthetic 10 s source clips")
-    ap.add_argument(
-        "--draws", type=int, default=8, help="sampled clips per source, setting and rule per round"
-    )
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved measurement rounds")
-    ap.add_argument("--out", default=None, help="directory for encoding.json")
-    ap.add_argument("--json", dest="as_json", action="store_true", help="print JSON instead of the table")
-    raise SystemExit(main(**vars(ap.parse_args())))

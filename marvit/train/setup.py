@@ -116,7 +116,14 @@ def memory_mb(device: torch.device) -> float:
 
 
 def fault_injection(step: int) -> None:
-    """Test hook: MARVIT_FAULT_STEP=k (and MARVIT_FAULT_RANK) crashes that rank at step k, first attempt only."""
+    """Test hooks. MARVIT_FAULT_STEP=k (and MARVIT_FAULT_RANK) crashes that rank at step k, first attempt
+    only. MARVIT_HOLD_STEP=k with MARVIT_HOLD_FILE=F holds the run at step k while F exists (a test that
+    needs a run to be alive at a known point, e.g. two runs on one out_dir)."""
+    hold, hold_file = os.environ.get("MARVIT_HOLD_STEP"), os.environ.get("MARVIT_HOLD_FILE")
+    if hold is not None and hold_file and int(hold) == step:
+        deadline = time.time() + 600
+        while Path(hold_file).exists() and time.time() < deadline:
+            time.sleep(0.05)
     at = os.environ.get("MARVIT_FAULT_STEP")
     if at is None or int(at) != step or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
         return
