@@ -1,4 +1,6 @@
-"""``marvit info``: versions, the device, and which attention, kernel and data paths are active."""
+"""``marvit info``: versions, the device, and which attention, kernel and data paths are active.
+
+It only reports what dispatch would pick; ``marvit doctor`` (marvit/bench/doctor.py) runs each path."""
 
 from __future__ import annotations
 
@@ -74,4 +76,5 @@ def main(as_json: bool = False) -> int:
                 print(" " * indent + f"{k}: {v}")
 
     show(info)
+    print("to run each fast path once against its plain twin on this machine: marvit doctor")
     return 0

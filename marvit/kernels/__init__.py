@@ -1,6 +1,7 @@
 """Kernels beside their PyTorch references, and the dispatch that picks one per call.
 
-Imports nothing else from marvit. Triton kernels are wrapped lazily, on the first call that needs them.
+Imports nothing else from marvit but `marvit.errors`. The Triton kernels are defined (`@triton.jit`) when
+this package is imported, so set TRITON_INTERPRET=1 before importing it to run them on CPU tensors.
 """
 
 from marvit.kernels.attention import attention, attention_reference
@@ -9,6 +10,7 @@ from marvit.kernels.patch_embed import (
     MaskedPatchEmbedFunction,
     masked_patch_embed,
     masked_patch_embed_reference,
+    masked_patch_embed_triton,
     standard_patch_embed,
 )
 
@@ -20,5 +22,6 @@ __all__ = [
     "describe",
     "masked_patch_embed",
     "masked_patch_embed_reference",
+    "masked_patch_embed_triton",
     "standard_patch_embed",
 ]

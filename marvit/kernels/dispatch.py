@@ -2,15 +2,19 @@
 
 Masked patch embedding:
   - "triton": a CUDA tensor, Triton importable, dtype fp16/bf16/fp32 (bf16 needs sm_80+);
-  - "triton-interpreter": a CPU tensor while TRITON_INTERPRET=1, dtype fp32/fp16/fp64 (the interpreter
-    gets bf16 wrong, so bf16 stays on the torch path);
+  - "triton-interpreter": a CPU tensor, only when asked for (`backend="triton"`) and only if the kernels
+    were built for the interpreter (TRITON_INTERPRET=1 set before marvit.kernels was imported), dtype
+    fp32/fp16/fp64 (the interpreter gets bf16 wrong, so bf16 is refused there);
   - "torch": everything else (the gather-then-matmul reference).
+`backend="auto"` on a CPU is always "torch": the interpreter runs each program in numpy, there to check
+the kernels' numerics, and is orders of magnitude slower than the reference.
 Attention:
   - "xformers": a CUDA tensor with xformers importable; "sdpa" otherwise; "math" only when asked.
 
 `backend="auto"` picks as above; naming a backend forces it and raises BackendUnavailable where it
-cannot run, so tests and benchmarks know exactly what they measured. The environment is read at call
-time, never cached at import: setting TRITON_INTERPRET=1 after marvit was imported still takes effect.
+cannot run, so tests and benchmarks know exactly what they measured. Triton's `@triton.jit` reads
+TRITON_INTERPRET when a kernel is defined, so whether the interpreter is on is a fact of the imported
+kernels (`patch_embed.INTERPRETED`), not of the environment at call time.
 """
 
 from __future__ import annotations
@@ -52,6 +56,13 @@ def xformers_version() -> str | None:
 
 
 def interpreter_enabled() -> bool:
+    """True when the Triton kernels were built for the interpreter (TRITON_INTERPRET=1 at their import)."""
+    from marvit.kernels import patch_embed  # imports this module first; read at call time, no cycle
+
+    return patch_embed.INTERPRETED
+
+
+def interpreter_requested() -> bool:
     """True when TRITON_INTERPRET is set to a true value in the environment right now."""
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
@@ -76,7 +87,14 @@ def _cpu_triton_problem(dtype: torch.dtype) -> str | None:
     if triton_version() is None:
         return "triton is not installed"
     if not interpreter_enabled():
-        return "a CPU tensor needs the Triton interpreter: set TRITON_INTERPRET=1"
+        late = (
+            " (it is set now, but was not when marvit.kernels was imported)"
+            if interpreter_requested()
+            else ""
+        )
+        return (
+            f"a CPU tensor needs the Triton interpreter: set TRITON_INTERPRET=1 before importing marvit{late}"
+        )
     if dtype not in INTERPRETER_DTYPES:
         return f"the Triton interpreter handles fp32/fp16/fp64, not {dtype}"
     return None
@@ -95,6 +113,8 @@ def patch_embed_path(device: torch.device | str, dtype: torch.dtype, backend: st
     if device.type == "cuda":
         problem, path = _cuda_triton_problem(device, dtype), "triton"
     elif device.type == "cpu":
+        if backend == "auto":
+            return "torch"  # the interpreter is for numerics, never the fast path
         problem, path = _cpu_triton_problem(dtype), "triton-interpreter"
     else:
         problem, path = f"no Triton path for device type {device.type!r}", "triton"
@@ -123,6 +143,13 @@ def attention_path(device: torch.device | str, dtype: torch.dtype, backend: str 
     return "xformers" if xformers_ok else "sdpa"
 
 
+def _forced(device: str, dtype: torch.dtype) -> str:
+    try:
+        return patch_embed_path(device, dtype, "triton")
+    except BackendUnavailable as e:
+        return f"unavailable: {e}"
+
+
 def describe() -> dict[str, Any]:
     """What `marvit info` reports: versions, interpreter state, and the path each device would get."""
     return {
@@ -132,6 +159,7 @@ def describe() -> dict[str, Any]:
         "cuda_available": torch.cuda.is_available(),
         "patch_embed": {
             "cpu_fp32": patch_embed_path("cpu", torch.float32),
+            "cpu_fp32_forced_triton": _forced("cpu", torch.float32),
             "cuda_bf16": patch_embed_path("cuda", torch.bfloat16),
             "cuda_fp32": patch_embed_path("cuda", torch.float32),
         },
