@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _train_util import tiny_config
 
 from marvit.cli import main as cli
 from marvit.config import ConfigError, load_config
@@ -23,20 +24,7 @@ from marvit.train.scheme import resolve
 from marvit.train.setup import compile_blocks
 from marvit.train.step import forward_loss
 
-TINY = """
-model: {name: vit_s, embed_dim: 32, depth: 2, num_heads: 2, num_classes: 4,
-        bridge_dim: 32, bridge_depth: 1, bridge_heads: 2, decoder_dim: 32, decoder_heads: 2, decoder_depth: 1,
-        drop_path: 0.0, head_dropout: 0.0}
-data: {backend: synthetic, batch_size: 4, num_frames: 4, img_size: 32, synthetic_samples: [32, 16],
-       mixup: 0.0, cutmix: 0.0, label_smoothing: 0.0}
-train: {epochs: 2, warmup_epochs: 0.5, base_lr: 0.002, scale_lr: false, log_interval: 2, recon_weight: 0.1}
-"""
-
-
-def _cfg(tmp_path: Path, *overrides: str):
-    p = tmp_path / "tiny.yaml"
-    p.write_text(TINY)
-    return p, load_config(p, [f"train.out_dir={tmp_path / 'run'}", *overrides])
+_cfg = tiny_config
 
 
 def _rows(run: Path) -> list[dict]:
