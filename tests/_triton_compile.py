@@ -38,7 +38,8 @@ def compile_for_gpu(name: str, config: tuple, dtype: str, arch: int) -> int:
     fn = KERNELS[name]
     m, n, k, w, s = config
     constexprs: dict[str, Any] = {"TT": 2, "PH": 16, "PW": 16, "HAS_IDX": True, "DOT_PRECISION": "ieee",
-                                  "ACC_DTYPE": tl.float32, "BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}  # fmt: skip
+                                  "ACC_DTYPE": tl.float32, "BLOCK_M": m, "BLOCK_N": n,
+                                  "BLOCK_K": k}  # fmt: skip
     if name == "fwd":
         constexprs.update(HAS_BIAS=True, HAS_POS=True)
     if dtype == "tf32":  # fp32 data, tf32 tensor-core dot (torch.set_float32_matmul_precision("high"))

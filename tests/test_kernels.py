@@ -115,9 +115,13 @@ def _kernel_dtypes() -> list:
     return [
         pytest.param(torch.float32, id="fp32"),
         pytest.param(torch.float16, id="fp16"),
-        pytest.param(torch.float64, id="fp64", marks=pytest.mark.skipif(not on_cpu, reason="fp64: interpreter only")),
-        pytest.param(torch.bfloat16, id="bf16", marks=pytest.mark.skipif(on_cpu, reason="bf16: wrong in the interpreter")),
-    ]  # fmt: skip
+        pytest.param(
+            torch.float64, id="fp64", marks=pytest.mark.skipif(not on_cpu, reason="interpreter only")
+        ),
+        pytest.param(
+            torch.bfloat16, id="bf16", marks=pytest.mark.skipif(on_cpu, reason="wrong in the interpreter")
+        ),
+    ]
 
 
 @needs_kernels

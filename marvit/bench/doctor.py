@@ -109,6 +109,10 @@ def _eval_mask(grid: tuple[int, int, int], batch: int, device: torch.device) -> 
 # --------------------------------------------------------------------------------------------------------
 def check_patch_embed(device: torch.device) -> Result:
     if device.type == "cuda":
+        if dispatch.interpreter_enabled():
+            raise Skip(
+                "TRITON_INTERPRET=1 was set at import: the kernels run interpreted; unset it to check them"
+            )
         dtype, (B, T, S, D, p), tol = torch.bfloat16, (2, 16, 224, 768, 16), 4e-2
     else:
         if not dispatch.interpreter_enabled():
@@ -209,8 +213,8 @@ def _test_clip(tmp: Path) -> Path:
     from marvit.pipeline.video import encode_h264
 
     yy, xx = np.mgrid[0:64, 0:64].astype(np.float32)
-    frames = [np.stack([xx * 3 + 2 * t, yy * 3 + t, (xx + yy) * 1.5 + 3 * t], -1).clip(0, 255).astype(np.uint8)
-              for t in range(16)]  # fmt: skip
+    ramps = [np.stack([xx * 3 + 2 * t, yy * 3 + t, (xx + yy) * 1.5 + 3 * t], -1) for t in range(16)]
+    frames = [f.clip(0, 255).astype(np.uint8) for f in ramps]  # (64, 64, 3) each
     path = tmp / "doctor_clip.mp4"
     path.write_bytes(encode_h264(frames, fps=25))
     return path
@@ -251,7 +255,8 @@ def check_dali_decode(device: torch.device, gpu: bool) -> Result:
         return Result(None, None, f"DALI decoded shape {got.shape}, PyAV {want.shape}", ok=False)
     diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
     err = float(diff.max())
-    detail = f"{got.shape[0]} frames {got.shape[2]}x{got.shape[1]}: max {err:.0f}, mean {diff.mean():.2f} uint8 levels vs PyAV"
+    size = f"{got.shape[0]} frames {got.shape[2]}x{got.shape[1]}"
+    detail = f"{size}: max {err:.0f}, mean {diff.mean():.2f} uint8 levels vs PyAV"
     return Result(
         err, DECODE_TOL_LEVELS, detail, err <= DECODE_TOL_LEVELS and diff.mean() <= DECODE_MEAN_LEVELS
     )
@@ -262,9 +267,10 @@ def _tiny_config(scheme: str):
     from marvit.config import Config, DataConfig, MaskConfig, ModelConfig, TrainConfig
     from marvit.train.scheme import resolve
 
-    model = ModelConfig.from_name("vit_s", embed_dim=64, depth=2, num_heads=2, num_classes=5, drop_path=0.0,
-                                  head_dropout=0.0, bridge_dim=32, bridge_depth=1, bridge_heads=2, decoder_dim=32,
-                                  decoder_depth=1, decoder_heads=2)  # fmt: skip
+    model = ModelConfig.from_name(
+        "vit_s", embed_dim=64, depth=2, num_heads=2, num_classes=5, drop_path=0.0, head_dropout=0.0,
+        bridge_dim=32, bridge_depth=1, bridge_heads=2, decoder_dim=32, decoder_depth=1, decoder_heads=2,
+    )  # fmt: skip
     cfg = Config(
         model=model,
         mask=MaskConfig(strategy="cell_running", ratio=0.5),
@@ -364,8 +370,10 @@ def check_compiled_block(device: torch.device) -> Result:
     out_c.backward(gout)
     out_e.backward(gout)
     pairs = {"out": (out_c, out_e), "grad x": (xs[0].grad, xs[1].grad)}
-    pairs.update({f"grad {n}": (p.grad, q.grad) for (n, p), q in zip(compiled.named_parameters(), eager.parameters())
-                  if n in ("attn.qkv.weight", "mlp.fc2.weight")})  # fmt: skip
+    params = zip(compiled.named_parameters(), eager.parameters())
+    pairs.update(
+        {f"grad {n}": (p.grad, q.grad) for (n, p), q in params if n in ("attn.qkv.weight", "mlp.fc2.weight")}
+    )
     res = _errors(pairs, dict.fromkeys(pairs, 1e-4))
     res.detail = "fp32 Block(64, 4) on (2, 13, 64), inductor fullgraph vs eager: " + res.detail
     return res

@@ -454,6 +454,14 @@ def _meta(g: Geometry, visible_idx: torch.Tensor | None, dtype: torch.dtype) -> 
                 DOT_PRECISION="tf32" if tf32 else "ieee", ACC_DTYPE=acc)  # fmt: skip
 
 
+def _require_rows(gout: torch.Tensor, g: Geometry) -> None:
+    """The kernels read grad_out as contiguous (B * N_vis, D) rows."""
+    if gout.shape != (g.B, g.N_vis, g.D) or not gout.is_contiguous():
+        raise ValueError(
+            f"grad_out: expected a contiguous ({g.B}, {g.N_vis}, {g.D}) tensor, got {_shape(gout)}"
+        )
+
+
 def _idx_args(visible_idx: torch.Tensor | None, like: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     if visible_idx is None:
         return like, 0, 0  # any pointer; never read when HAS_IDX is False
@@ -480,7 +488,7 @@ def _forward_triton(
     args = (video, idx, w2, bias if bias is not None else w2, pos_c if pos_c is not None else w2, out,
             g.N_vis, g.D, g.K, g.Hn, g.Wn, *video.stride(), s_ib, s_in)  # fmt: skip
     meta = dict(_meta(g, visible_idx, video.dtype), HAS_BIAS=bias is not None, HAS_POS=pos is not None)
-    grid = lambda b: (triton.cdiv(g.N_vis, b["BLOCK_M"]), triton.cdiv(g.D, b["BLOCK_N"]), g.B)
+    grid = lambda blk: (triton.cdiv(g.N_vis, blk["BLOCK_M"]), triton.cdiv(g.D, blk["BLOCK_N"]), g.B)
     _launch("fwd", grid, args, meta, config)
     return out
 
@@ -495,12 +503,13 @@ def _grad_weight_triton(
 ) -> torch.Tensor:
     """grad W (D, K) in fp32 (fp64 for fp64) from the video and a contiguous grad_out (B, N_vis, D)."""
     g = Geometry.of(video.shape, weight_shape, visible_idx)
+    _require_rows(gout, g)
     gw = torch.empty(g.D, g.K, dtype=_acc_dtype(video.dtype), device=video.device)
     if g.B * g.N_vis == 0:
         return gw.zero_()
     idx, s_ib, s_in = _idx_args(visible_idx, video)
     args = (video, idx, gout, gw, g.B * g.N_vis, g.N_vis, g.D, g.K, g.Hn, g.Wn, *video.stride(), s_ib, s_in)
-    grid = lambda b: (triton.cdiv(g.K, b["BLOCK_K"]), triton.cdiv(g.D, b["BLOCK_N"]))
+    grid = lambda blk: (triton.cdiv(g.K, blk["BLOCK_K"]), triton.cdiv(g.D, blk["BLOCK_N"]))
     _launch("grad_weight", grid, args, _meta(g, visible_idx, video.dtype), config)
     return gw
 
@@ -516,12 +525,13 @@ def _grad_video_triton(
     """grad video (B, C, T, H, W) from a contiguous grad_out (B, N_vis, D): zero but at visible tubelets."""
     gvid = torch.zeros(video_shape, dtype=gout.dtype, device=gout.device)
     g = Geometry.of(video_shape, weight.shape, visible_idx)
+    _require_rows(gout, g)
     if g.B * g.N_vis == 0:
         return gvid
     w2 = weight.reshape(g.D, g.K).contiguous()
     idx, s_ib, s_in = _idx_args(visible_idx, gvid)
     args = (gout, idx, w2, gvid, g.N_vis, g.D, g.K, g.Hn, g.Wn, *gvid.stride(), s_ib, s_in)
-    grid = lambda b: (triton.cdiv(g.N_vis, b["BLOCK_M"]), triton.cdiv(g.K, b["BLOCK_K"]), g.B)
+    grid = lambda blk: (triton.cdiv(g.N_vis, blk["BLOCK_M"]), triton.cdiv(g.K, blk["BLOCK_K"]), g.B)
     _launch("grad_video", grid, args, _meta(g, visible_idx, gout.dtype), config)
     return gvid
 
