@@ -58,17 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("doctor", help="each fast path once against its plain twin, on this machine")
     p.add_argument("--out", default="doctor_out", help="directory for doctor.json")
+    p.add_argument("--only", nargs="+", default=None, help="run only these checks (names as in the table)")
     _add_json(p)
 
     # ---- data -------------------------------------------------------------------------------------
     p = sub.add_parser("synth", help="make a synthetic action data set encoded to H.264 mp4")
-    p.add_argument("out")
-    p.add_argument("--classes", type=int, default=6)
-    p.add_argument("--per-class", type=int, default=24)
-    p.add_argument("--frames", type=int, default=32)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.25)
+    p.add_argument("out", help="output directory (videos/, train.csv, val.csv, classes.txt, ...)")
+    p.add_argument("--classes", type=int, default=6, help="motion classes, 1-12")
+    p.add_argument("--per-class", type=int, default=24, help="videos per class")
+    p.add_argument("--frames", type=int, default=32, help="frames per video")
+    p.add_argument("--size", type=int, default=64, help="frame side (pixels, even)")
+    p.add_argument("--seed", type=int, default=0, help="the data set's seed")
+    p.add_argument("--val-fraction", type=float, default=0.25, help="share of each class in val.csv")
+    p.add_argument("--style", choices=["textures", "dots"], default="textures",
+                   help="smooth moving textures (redundant, like natural video) or random dots (not)")  # fmt: skip
 
     from marvit.pipeline import encoding as E  # defaults only: no PyAV or numpy import
 
@@ -132,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "--compile", action="store_true", help="compile the transformer blocks (train.compile)"
             )
 
-    p = sub.add_parser("demo", help="the whole system on the embedded synthetic default")
-    p.add_argument("--out", default="demo_out")
+    p = sub.add_parser("demo", help="the whole system on the packaged demo (marvit/configs/demo.yaml)")
+    p.add_argument("--out", default="demo_out", help="directory for the data, runs, report and plots")
     p.add_argument("--quick", action="store_true", help="a reduced run (seconds), as the tests use")
 
     p = sub.add_parser("visualize", help="masks and reconstructions of a clip")

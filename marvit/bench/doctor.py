@@ -469,12 +469,11 @@ def main(out: str | None = None, as_json: bool = False, only: Collection[str] | 
     names a subset of the checks.
 
     Returns 0 when no check failed, 1 when one did (skips do not count)."""
-    from marvit.pipeline.manifest import atomic_write_json
+    from marvit.pipeline.manifest import atomic_write_json, writable_dir
 
+    path = writable_dir(out if out is not None else DEFAULT_OUT, "--out")  # before the checks run
     res = run(only=only)
     print(jsonlib.dumps(res, indent=2) if as_json else format_table(res), flush=True)
-    path = Path(out if out is not None else DEFAULT_OUT)
-    path.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path / "doctor.json", res, indent=2)
     print(f"wrote {path / 'doctor.json'}", file=sys.stderr)
     return 1 if res["summary"]["fail"] else 0

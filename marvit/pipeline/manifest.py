@@ -88,6 +88,24 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def writable_dir(path: str | Path, key: str) -> Path:
+    """Create ``path`` and check a file can be written in it, before any work; else an InputError naming
+    ``key`` (the option or config key that gave the path)."""
+    from marvit.errors import InputError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write_test_{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise InputError(
+            f"{key}={str(path)!r}: cannot write there ({e.strerror or e}); choose a writable directory"
+        ) from None
+    return path
+
+
 def atomic_write_json(path: str | Path, obj: Any, indent: int = 1) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=indent) + "\n").encode())
 

@@ -30,7 +30,7 @@ import yaml
 
 from marvit.config import Config, ConfigError
 from marvit.errors import InputError
-from marvit.pipeline.manifest import atomic_write_bytes, load_manifest
+from marvit.pipeline.manifest import atomic_write_bytes, load_manifest, writable_dir
 
 # config keys a resumed run may change: where things are and how often it reports, not what it computes
 RESUMABLE_CHANGES = {
@@ -214,16 +214,7 @@ class RunDir:
     # ---- ownership -------------------------------------------------------------------------------
     def acquire(self) -> None:
         """Create the directory and take its lock, or refuse (InputError) while another run holds it."""
-        try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            probe = self.path / f".write_test_{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            raise ConfigError(
-                f"train.out_dir={str(self.path)!r}: cannot write there ({e.strerror or e}); "
-                "choose a writable directory"
-            ) from None
+        writable_dir(self.path, "train.out_dir")
         lock = self.path / self.LOCK
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
         for _ in range(2):
