@@ -89,6 +89,15 @@ class _Meta:
         )
 
 
+def _plain(f):
+    """Keep DALI's AutoGraph out of a helper called while a graph is traced: it converts every call it sees,
+    and converting the per-bin parameter tables made tracing the graph take tens of seconds."""
+    from nvidia.dali.pipeline import do_not_convert
+
+    return do_not_convert(f)
+
+
+@functools.lru_cache(maxsize=8)
 def _suite(recipe: AugmentRecipe) -> list:
     """The recipe's RandAugment ops as DALI augmentations, parameters from :func:`op_argument` per magnitude
     bin (DALI's own suite has other ranges), then identity (index ``len(recipe.ops)``: an op not applied)."""
@@ -99,6 +108,7 @@ def _suite(recipe: AugmentRecipe) -> list:
     def table(name: str) -> np.ndarray:
         return np.array([op_argument(name, m) for m in grid], dtype=np.float32)
 
+    @_plain
     def poster_mask(bits: float) -> np.ndarray:  # keep the `bits` high bits, as PIL's posterize
         return np.array(255 ^ ((1 << (8 - int(round(float(bits))))) - 1), dtype=np.uint8)
 
@@ -122,7 +132,14 @@ def _suite(recipe: AugmentRecipe) -> list:
         "TranslateYRel": a.translate_y.augmentation(mag_range=table("TranslateYRel")),
     }
     assert dali.keys() >= ENHANCE_OPS
-    return [dali[name] for name in recipe.ops] + [a.identity]
+    # the ops have no data-dependent Python control flow; only `select` (their caller) needs AutoGraph
+    return [_plain(functools.partial(_call, dali[name])) for name in recipe.ops] + [
+        _plain(functools.partial(_call, a.identity))
+    ]
+
+
+def _call(aug, *args, **kwargs):
+    return aug(*args, **kwargs)
 
 
 def train_views(video, recipe: AugmentRecipe, size: int, views: int):
@@ -134,7 +151,7 @@ def train_views(video, recipe: AugmentRecipe, size: int, views: int):
     from nvidia.dali import math as dmath
     from nvidia.dali.auto_aug.core import select, signed_bin
 
-    suite = _suite(recipe) if recipe.rand_augment else []
+    suite = _plain(_suite)(recipe) if recipe.rand_augment else []
     k = len(recipe.ops)
     shape = video.shape()[1:3]  # (H, W) for the relative translations
     outs, flips, draws, coin = [], [], [], None
