@@ -61,8 +61,12 @@ def resolve_backend(backend: str, device: torch.device | str | None = None) -> s
 
     - on a GPU, DALI ("mixed" decoding on NVDEC and the augmentation on the GPU: the CPUs stay free for the
       readers), when DALI imports and decodes;
-    - on a CPU, PyAV. On this 2-core CPU the DALI CPU graph ran at 40.8 clips/s against PyAV's 58.7 before
-      decode trimming, and at 31.8 against 36.4 after it (loaders README numbers of the same session).
+    - on a CPU, PyAV: issue 11 measured PyAV 58.7 against DALI's CPU graph 40.8 clips/s; re-measured on a
+      shared 2-core CPU (24 clips of 96 frames at 320x240, batch 4, 2 workers, the recipe's augmentation)
+      PyAV 8.2-8.7 clips/s at 157-162 CPU ms per clip, DALI 6.4 at 198. DALI 2.1's CPU decoder decodes
+      every frame from the first one to the last asked for (``frames=``, ``start_frame`` and
+      ``build_index`` alike: asking for frames 80-95 of 96 costs as much as decoding all 96), while the
+      PyAV loader seeks to the keyframe before the first sampled frame.
     """
     if backend not in BACKENDS:
         raise InputError(f"data.backend={backend!r}: expected one of {', '.join(repr(b) for b in BACKENDS)}")

@@ -5,8 +5,8 @@ Graph (one ``@pipeline_def``): ``fn.readers.webdataset`` (named "reader", sharde
 samples that lack a member skipped) -> a small Python operator that reads ``KEY.json``/``KEY.cls`` and turns
 the frame count plus DALI-drawn uniforms into frame indices with :mod:`marvit.pipeline.sampling` (the same
 functions the PyAV loader uses) -> ``fn.decoders.video(frames=...)`` ("mixed" on a GPU, "cpu" otherwise),
-which seeks to the keyframe before the first index and stops after the last, each frame decoded once and in
-order (a repeated index would cost it a fresh seek), then ``fn.sequence_rearrange`` into clip order ->
+each frame asked for once and in order (a repeated or backward index costs it a fresh seek), then
+``fn.sequence_rearrange`` into clip order ->
 training: :func:`train_views`, the recipe of :class:`marvit.pipeline.augment.AugmentRecipe` in DALI ops
 (RandAugment over FHWC at the source resolution with one draw per clip, ``fn.random_resized_crop`` with one
 box per clip, ``fn.flip`` with one coin per view); test: short-side resize, then ``test_crops`` crops along
@@ -16,6 +16,12 @@ The graph hands over uint8 FHWC. Normalization to float ``(B, 3, T, H, W)`` and 
 device batch with the PyAV loader's code (:func:`marvit.pipeline.augment.normalize`, ``erase_clips_``): on
 a GPU that is free and moves 4x fewer bytes out of DALI, on a CPU numpy normalizes faster than
 ``crop_mirror_normalize``, and DALI's ``fn.erase`` fills constants only, not timm's per-pixel noise.
+
+Decode work: the decoder stops after the last index, but DALI 2.1's CPU decoder does not seek forward
+(measured: frames 80-95 of a 96-frame GOP-16 clip cost as much as all 96; ``start_frame`` and
+``build_index`` change nothing), so a clip decodes from frame 0; the PyAV loader seeks to the keyframe
+before its first frame. Trimming the mp4 to the needed GOPs in the Python operator (a PyAV remux, about
+8 ms per clip here) is the way left to try; NVDEC ("mixed") is not measured here.
 
 Why a Python operator for the frame count: the sampler needs it before decoding and no DALI operator
 reports a video's length without decoding it; ``marvit convert`` writes it to ``KEY.json``. Parsing a tiny
@@ -281,8 +287,9 @@ class DaliLoader:
         meta = self.pipe.reader_meta("reader")
         per_shard = -(-meta["epoch_size_padded"] // meta["number_of_shards"])
         self._eval_steps = -(-per_shard // self.batch_size)
-        # the incomplete samples of this pass, counted once per pass (the reader never shows them)
-        for where in self._incomplete:
+        # the incomplete samples, counted once per pass over all ranks (the reader never shows them): rank r
+        # takes every world_size-th
+        for where in self._incomplete[self.rank :: self.world_size]:
             self._skips.add("missing member", where)
 
     def _to_torch(self, tl, transient: bool = False) -> torch.Tensor:
