@@ -1,9 +1,11 @@
-"""The synthetic data set: deterministic for a seed, consistent lists, and its class lives in the motion.
+"""The synthetic data set: deterministic for a seed, consistent lists, its class lives in the motion, and it
+is redundant the way natural video is.
 
 The motion test reads only pixels: it searches the translation, the rotation about the center and the
 scaling about the center that best map a frame onto the frame two steps later (correlation of luminance),
-and names the class from the best of them. That recovers the classes; features of one frame (how many
-dots, where, how bright, which colors) do not.
+and names the class from the best of them. That recovers the classes; features of one frame (colours,
+contrast, gradient energy and orientation, where it is bright) do not. The redundancy test predicts each
+masked tubelet from the same place in the nearest visible time slices, with no learning at all.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import numpy as np
 import pytest
 from _data_util import decode_all
 
+from marvit.errors import InputError
 from marvit.pipeline import synth
 from marvit.pipeline.synth import CLASS_NAMES, make_synthetic, render_video
 
-SIZE, FRAMES, PER_CLASS, CLASSES, GAP = 48, 8, 12, 8, 2
-SHIFTS = [(sx, sy) for sx in range(-6, 7) for sy in range(-6, 7)]
-ANGLES = np.radians(np.arange(-20, 21, 2))
-LOG_SCALES = np.arange(-0.2, 0.21, 0.02)
+SIZE, FRAMES, PER_CLASS, CLASSES, GAP = 48, 12, 12, 8, 6
+SHIFTS = [(sx, sy) for sx in range(-8, 9) for sy in range(-8, 9)]
+ANGLES = np.radians(np.arange(-30, 31, 2))
+LOG_SCALES = np.arange(-0.3, 0.31, 0.02)
 
 
 def _luma(video: np.ndarray) -> np.ndarray:
@@ -52,11 +55,9 @@ def motion_class(video: np.ndarray) -> str:
     h, w = f.shape[1:]
     y, x = np.mgrid[0:h, 0:w] + 0.5
     central = np.hypot(x - w / 2, y - h / 2) < 0.42 * w  # away from the corners a warp samples off-frame
+    shifts = {d: _score(pairs, lambda a, d=d: np.roll(a, (d[1], d[0]), (0, 1)), central) for d in SHIFTS}
     best = max(
-        [
-            (_score(pairs, lambda a, d=d: np.roll(a, (d[1], d[0]), (0, 1)), central), "shift", d)
-            for d in SHIFTS
-        ]
+        [(v, "shift", d) for d, v in shifts.items()]
         + [(_score(pairs, lambda a, r=r: _warp(a, r, 0.0), central), "rot", r) for r in ANGLES if r]
         + [(_score(pairs, lambda a, s=s: _warp(a, 0.0, s), central), "scale", s) for s in LOG_SCALES if s],
         key=lambda r: r[0],
@@ -66,37 +67,44 @@ def motion_class(video: np.ndarray) -> str:
         return "rotate_cw" if value > 0 else "rotate_ccw"
     if kind == "scale":
         return "grow" if value > 0 else "shrink"
-    sx, sy = value
-    vert = "down" if sy > 0 else "up"
-    horiz = "right" if sx > 0 else "left"
-    if abs(sx) > 2 * abs(sy):
-        return f"move_{horiz}"
-    if abs(sy) > 2 * abs(sx):
-        return f"move_{vert}"
-    return f"move_{vert}_{horiz}"
+    # the shift to a fraction of a pixel (a parabola through the peak and its neighbours on each axis),
+    # then the nearest of the 8 directions
+    sub = []
+    for axis in (0, 1):
+        step = np.eye(2, dtype=int)[axis]
+        lo, mid = shifts.get(tuple(np.subtract(value, step))), shifts[value]
+        hi = shifts.get(tuple(np.add(value, step)))
+        curv = None if lo is None or hi is None else lo - 2 * mid + hi
+        sub.append(value[axis] + (0.5 * (lo - hi) / curv if curv else 0.0))
+    octant = int(np.round(np.arctan2(sub[1], sub[0]) / (np.pi / 4))) % 8  # 0 = right, 2 = down (y down)
+    return ["move_right", "move_down_right", "move_down", "move_down_left", "move_left", "move_up_left",
+            "move_up", "move_up_right"][octant]  # fmt: skip
 
 
 def _one_frame_features(frame: np.ndarray) -> np.ndarray:
-    """What one frame shows: how many dots and where (center, ring, quadrants), brightness and colors."""
+    """What one frame shows: colours and contrast, gradient energy and its orientation, fine detail (a
+    Laplacian), where it is bright (quadrants) and how the centre differs from the border."""
     f = frame.astype(np.float32)
     lum = f.mean(-1)
-    dots = lum > (lum.min() + lum.max()) / 2
     h, w = lum.shape
     y, x = np.mgrid[0:h, 0:w] + 0.5
     center = np.hypot(x - w / 2, y - h / 2) < w / 4
+    gx, gy = np.abs(np.diff(lum, axis=1)).mean(), np.abs(np.diff(lum, axis=0)).mean()
+    lap = 4 * lum[1:-1, 1:-1] - lum[2:, 1:-1] - lum[:-2, 1:-1] - lum[1:-1, 2:] - lum[1:-1, :-2]
     quads = [
-        dots[: h // 2, : w // 2],
-        dots[: h // 2, w // 2 :],
-        dots[h // 2 :, : w // 2],
-        dots[h // 2 :, w // 2 :],
+        lum[: h // 2, : w // 2],
+        lum[: h // 2, w // 2 :],
+        lum[h // 2 :, : w // 2],
+        lum[h // 2 :, w // 2 :],
     ]
-    return np.r_[dots.mean(), dots[center].mean(), dots[~center].mean(), [q.mean() for q in quads],
-                 lum.mean() / 255, f[dots].mean(0) / 255, f[~dots].mean(0) / 255]  # fmt: skip
+    return np.r_[f.mean((0, 1)) / 255, f.std((0, 1)) / 255, gx, gy, gx / (gy + 1e-6), np.abs(lap).mean(),
+                 lum[center].std(), lum[~center].std(), [q.mean() / 255 for q in quads]]  # fmt: skip
 
 
-def _nearest_mean_accuracy(x: np.ndarray, y: np.ndarray) -> float:
-    """Fit class means on even samples, classify odd ones by standardized distance."""
-    train = np.arange(len(y)) % 2 == 0
+def _nearest_mean_accuracy(x: np.ndarray, y: np.ndarray, train: np.ndarray | None = None) -> float:
+    """Fit class means on the ``train`` samples (default: even ones), classify the others by standardized
+    distance."""
+    train = np.arange(len(y)) % 2 == 0 if train is None else train
     classes = np.unique(y)
     mu = np.stack([x[train & (y == c)].mean(0) for c in classes])
     sd = x[train].std(0) + 1e-6
@@ -123,17 +131,37 @@ def test_the_motion_names_the_class(rendered):
 
 
 def test_the_diagonals_move_diagonally():
+    found = {}
     for c in range(8, 12):
-        for i in range(4):
-            video = render_video(c, synth._video_params(1, c, i, FRAMES, SIZE), FRAMES, SIZE)
-            assert motion_class(video) == CLASS_NAMES[c]
+        videos = [render_video(c, synth._video_params(1, c, i, FRAMES, SIZE), FRAMES, SIZE) for i in range(4)]
+        found[CLASS_NAMES[c]] = [motion_class(v) for v in videos]
+    hits = {name: sum(f == name for f in got) for name, got in found.items()}
+    # a smooth texture's shift is estimated less sharply than dots': 15 of 16 here (one down-left reads left)
+    assert all(h >= 3 for h in hits.values()) and sum(hits.values()) >= 15, found
 
 
 def test_a_single_frame_does_not_tell_the_class(rendered):
     videos, y = rendered
-    for t in (0, FRAMES - 1):  # the first frame, and the last (a played-backwards video starts there)
-        acc = _nearest_mean_accuracy(np.stack([_one_frame_features(v[t]) for v in videos]), y)
-        assert acc < 0.3, (t, acc)  # chance is 1/8; the motion search names > 90% of the same videos
+    # every frame of every video is a sample; class means are fitted on the even videos' frames and the
+    # odd videos' frames are classified (so no video is on both sides)
+    x = np.stack([_one_frame_features(f) for v in videos for f in v])  # (videos * FRAMES, features)
+    labels, video = np.repeat(y, FRAMES), np.repeat(np.arange(len(videos)), FRAMES)
+    acc = _nearest_mean_accuracy(x, labels, train=video % 2 == 0)
+    assert acc < 0.3, acc  # chance is 1/8; the motion search names > 90% of the same videos
+
+
+def test_the_texture_is_redundant_and_the_dots_are_not():
+    from marvit.bench.redundancy import eval_mask, interpolation_mse, rendered_clips
+
+    mse = {}
+    for style in ("textures", "dots"):
+        video = rendered_clips(
+            style, classes=4, per_class=3, frames=8, size=32, stride=2
+        )  # (12, 3, 8, 32, 32)
+        mse[style] = interpolation_mse(video, eval_mask((4, 4, 4), len(video)), 2, 8)
+    # normalized pixels: 1 = predicting each tubelet's mean, 2 = an unrelated pattern (measured: 0.83, 2.02):
+    # the textures' neighbours beat predicting nothing, the dots' are worse than nothing
+    assert mse["textures"] < 0.9 and mse["dots"] > 1.7, mse
 
 
 def test_flip_map_mirrors_direction():
@@ -145,9 +173,10 @@ def test_flip_map_mirrors_direction():
     assert all(m[m[k]] == k for k in m)  # an involution
     # a mirrored video of class c looks like class flip_map[c]: check on pixels
     for c in (0, 4, 6, 8):
-        params = synth._video_params(3, c, 0, FRAMES, SIZE)
-        mirrored = render_video(c, params, FRAMES, SIZE)[:, :, ::-1]
-        assert motion_class(mirrored) == CLASS_NAMES[m[c]]
+        mirrored = [render_video(c, synth._video_params(3, c, i, FRAMES, SIZE), FRAMES, SIZE)[:, :, ::-1]
+                    for i in range(3)]  # fmt: skip
+        found = [motion_class(v) for v in mirrored]
+        assert sum(f == CLASS_NAMES[m[c]] for f in found) >= 2, (CLASS_NAMES[c], found)  # the search errs ~5%
 
 
 def _decode_tree(root: Path) -> dict[str, np.ndarray]:
@@ -192,10 +221,24 @@ def test_deterministic_lists_and_files(tmp_path):
     assert fm == {"0": 1, "1": 0, "2": 2}
 
 
+def test_the_dot_style_is_kept_for_comparison(tmp_path):
+    s = make_synthetic(
+        tmp_path, classes=2, per_class=2, frames=4, size=32, style="dots", workers=1, progress=False
+    )
+    assert s["style"] == "dots" and json.loads((tmp_path / "synth.json").read_text())["style"] == "dots"
+    video = decode_all(tmp_path / "videos" / "move_right" / "move_right_0000.mp4")
+    ref = render_video(0, synth._video_params(0, 0, 0, 4, 32, "dots"), 4, 32)
+    assert np.abs(video.astype(int) - ref).mean() < 12
+    textures = render_video(0, synth._video_params(0, 0, 0, 4, 32), 4, 32)
+    assert np.abs(textures.astype(int) - ref).mean() > 20  # the default is the other style
+
+
 def test_bad_arguments_are_refused(tmp_path, capsys):
     with pytest.raises(ValueError, match="classes=13"):
         make_synthetic(tmp_path, classes=13)
     with pytest.raises(ValueError, match="size=33"):
         make_synthetic(tmp_path, size=33)
+    with pytest.raises(InputError, match="style='sparkles'"):
+        make_synthetic(tmp_path, style="sparkles")
     assert synth.main(str(tmp_path), val_fraction=1.0) == 2
     assert "val_fraction=1.0" in capsys.readouterr().err

@@ -1,19 +1,25 @@
 """A synthetic action data set whose class is the motion, never the look of a single frame.
 
-Each video is a random-dot kinematogram, the classic motion stimulus of vision science: bright blurred
-dots on a darker noisy background, all moving with one flow field. The class is the flow: translation
-(right, left, down, up, or diagonally), rotation about the frame center (clockwise or counter-clockwise),
-or expansion / contraction from the center (grow, shrink). Every single frame is a uniform scatter of
-dots whatever the class: translations run on a torus (dots leaving one edge come back at the other), the
-rotations run in a disc that covers the frame, an expansion re-seeds at a uniform place every dot that
-leaves its disc (a linear flow keeps a uniform density uniform), and the opposite motions (left, up,
-counter-clockwise, shrink and the up/left diagonals) are their partners played backwards, which keeps
-each frame's law and reverses the motion. Dots are also re-seeded at random (a limited lifetime) in every
-class. Colors, dot count and size, speeds and noise are random per video. So a model that sees one frame
-is at chance, while every 2-frame tubelet carries the motion: a tiny ViT learns it in minutes, where a
-single moving shape was not learnt at all (one object gives a model too little signal per clip).
+Natural video is redundant: a scene is mostly smooth surfaces, and it changes little from one frame to the
+next, so a masked space-time patch can be inferred from its visible neighbours. MAR relies on that. The
+default style, ``textures``, has it: each video is one random colour scene (band-limited noise over three
+octaves of spatial frequency, most of its energy at wavelengths of 30-60 px at 64x64, squashed pointwise
+into smooth surfaces with soft edges between them, in two random colour directions on a random base colour)
+that moves as a whole with the class's motion: translation
+(right, left, down, up, or diagonally), rotation about the frame center (clockwise or counter-clockwise), or
+expansion / contraction about the center (grow, shrink). The texture is statistically stationary and
+isotropic, so a rotated or translated texture is another sample of the same law; expansion would coarsen
+it, so each octave layer slides through a fixed window of frequencies and fades out at the ends of the
+window, where it wraps round (a visual Shepard zoom; every frame's spectrum keeps the same law). The
+octave phase is random per video in every class. So one frame of any class is a sample of the same
+random texture (a single frame is at chance), while every 2-frame tubelet carries the motion.
 
-Videos are rendered with numpy and encoded to H.264 mp4 with PyAV. Per-video randomness comes from
+The older style, ``dots`` (random-dot kinematograms: sharp blurred dots, all moving with one flow, on a
+noisy background), is kept for comparison: its class is also the motion, but dots are placed
+independently, so a masked tubelet cannot be predicted from its neighbours (``marvit.bench.redundancy``
+measures both).
+
+Videos are rendered with numpy/scipy and encoded to H.264 mp4 with PyAV. Per-video randomness comes from
 ``numpy.random.default_rng([seed, class, index])``, so a seed gives the same pixels whatever the number of
 worker processes. Output in OUT::
 
@@ -36,6 +42,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from marvit.errors import InputError
 from marvit.pipeline.manifest import atomic_write_bytes
 from marvit.pipeline.video import encode_h264, run_jobs
 
@@ -56,7 +63,18 @@ CLASS_SPECS: list[tuple[str, tuple[float, float], int, int]] = [
 ]
 CLASS_NAMES = [c[0] for c in CLASS_SPECS]
 MAX_CLASSES = len(CLASS_SPECS)
+STYLES = ("textures", "dots")
 
+# textures: octave layers, each a periodic band-limited noise field sampled at a scale of its own
+OCTAVES = 3  # layers; their frame frequencies span OCTAVES octaves above the coarsest
+FIELD = 128  # side of a layer's periodic noise field (field pixels)
+FIELD_FREQ = 1 / 16  # centre of a layer's frequency band, cycles per field pixel
+ORDER = 1  # spline order of the sampling: linear (the fields are band-limited well below their grid)
+BAND = 0.35  # the band's width: std of log2(frequency)
+EDGE_GAIN = 2.0  # sharpness of the edges between surfaces (tanh gain; 0 = none)
+COARSEST = 120.0  # wavelength (px at 64x64) of a layer at the bottom of the window, where its weight is 0
+
+# dots
 DOTS_PER_64SQ = (30, 60)  # dots per 64x64 pixels (uniform in between)
 RESEED = 0.04  # chance per frame that a dot jumps to a uniform random place (its limited lifetime)
 
@@ -73,10 +91,90 @@ def flip_map(num_classes: int) -> dict[int, int]:
     return {i: j if (j := _mirror(i)) < num_classes else i for i in range(num_classes)}
 
 
-def _video_params(seed: int, cls: int, index: int, frames: int, size: int) -> dict:
+def _video_params(seed: int, cls: int, index: int, frames: int, size: int, style: str = "textures") -> dict:
+    """The random settings of video ``index`` of class ``cls``: from (seed, class, index) alone."""
     rng = np.random.default_rng([seed, cls, index])
+    if style == "dots":
+        return _dot_params(rng, size)
+    if style != "textures":
+        raise InputError(f"style={style!r}: expected one of {list(STYLES)}")
+    k = size / 64
+    colors = rng.normal(0, 1, (2, 3))
+    colors /= np.linalg.norm(colors, axis=1, keepdims=True)
+    colors *= np.array([rng.uniform(35, 55), rng.uniform(12, 25)])[:, None]  # per unit of field std
+    return dict(
+        style="textures",
+        base=rng.uniform(80, 175, 3).tolist(),
+        colors=colors.tolist(),  # (2, 3): the RGB direction and strength of each of the two fields
+        noise=float(rng.uniform(0.5, 2.0)),  # per-pixel noise std (grey levels)
+        speed=float(rng.uniform(0.6, 1.4) * k),  # translation, px per frame
+        spin=float(math.radians(rng.uniform(2.0, 4.0))),  # rotation, rad per frame
+        grow=float(rng.uniform(0.02, 0.04)),  # expansion, log-scale per frame
+        phase=float(rng.uniform(0, 1)),  # where the octave layers sit in their frequency window
+        sim_seed=int(rng.integers(2**31)),
+    )
+
+
+def _periodic_field(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Unit-variance periodic noise (n, n), band-limited around FIELD_FREQ (as spline coefficients of ORDER)."""
+    from scipy import ndimage
+
+    fy, fx = np.fft.fftfreq(n)[:, None], np.fft.rfftfreq(n)[None, :]
+    f = np.maximum(np.hypot(fx, fy), 1e-9)
+    band = np.exp(-0.5 * (np.log2(f / FIELD_FREQ) / BAND) ** 2)
+    spec = (rng.normal(size=f.shape) + 1j * rng.normal(size=f.shape)) * band
+    x = np.fft.irfft2(spec, s=(n, n))
+    x /= x.std()
+    return ndimage.spline_filter(x, order=ORDER, mode="grid-wrap") if ORDER > 1 else x
+
+
+def _render_textures(cls: int, params: dict, frames: int, size: int) -> np.ndarray:
+    """A smooth random colour texture moving with the flow of class ``cls``: ``uint8 (T, size, size, 3)``."""
+    from scipy import ndimage
+
+    _, (dx, dy), rot, scale = CLASS_SPECS[cls]
+    rng = np.random.default_rng(params["sim_seed"])
+    fields = [[_periodic_field(rng, FIELD) for _ in range(OCTAVES)] for _ in range(2)]  # (2, OCTAVES)
+    offsets = rng.uniform(0, FIELD, (2, OCTAVES, 2))
+    g = np.arange(size) + 0.5 - size / 2
+    x, y = np.meshgrid(g, g)  # (S, S) pixel coordinates about the center, y down
+    f_min = 64 / (COARSEST * size)  # cycles per frame pixel at the bottom of the window
+    step = params["speed"] * np.array([dx, dy]) / (math.hypot(dx, dy) or 1.0)
+    colors = np.asarray(params["colors"], np.float32)
+    t = np.arange(frames, dtype=np.float64)[:, None, None]
+    # the scene point seen at pixel (x, y) at time t: the class's motion undone; (T, S, S) each
+    a = -rot * params["spin"] * t  # rot=+1 turns the scene clockwise on screen
+    px = np.cos(a) * x - np.sin(a) * y - step[0] * t
+    py = np.sin(a) * x + np.cos(a) * y - step[1] * t
+    zoom = scale * params["grow"] * t[:, 0, 0] / math.log(2)  # (T,) octaves the scene has grown by
+    acc = np.zeros((2, frames, size, size))
+    for j in range(OCTAVES):
+        lam = (j + params["phase"] - zoom) % OCTAVES  # (T,) position in the window: 0 = coarsest
+        weight = np.sin(np.pi * lam / OCTAVES)[:, None, None] ** 2  # 0 at both ends, where it wraps round
+        s = (f_min * 2**lam / FIELD_FREQ)[:, None, None]  # field pixels per frame pixel
+        for c in range(2):
+            coords = np.stack([py * s + offsets[c, j, 0], px * s + offsets[c, j, 1]])  # (2, T, S, S)
+            acc[c] += weight * ndimage.map_coordinates(fields[c][j], coords, order=ORDER, mode="grid-wrap",
+                                                       prefilter=False)  # fmt: skip
+    # a pointwise squashing turns the smooth field into surfaces with soft edges between them (it commutes
+    # with the motion, so every frame keeps the same law)
+    acc = np.tanh(EDGE_GAIN * acc) / np.tanh(EDGE_GAIN) if EDGE_GAIN > 0 else acc
+    img = np.asarray(params["base"], np.float32) + np.einsum("cthw,ck->thwk", acc, colors)  # (T, S, S, 3)
+    img += np.random.default_rng(params["sim_seed"] + 1).normal(0, params["noise"], img.shape)
+    return np.clip(img, 0, 255).round().astype(np.uint8)
+
+
+def render_video(cls: int, params: dict, frames: int, size: int) -> np.ndarray:
+    """Render one video of class ``cls`` in the style of ``params``: ``uint8 (T, size, size, 3)``."""
+    if params.get("style", "dots") == "textures":
+        return _render_textures(cls, params, frames, size)
+    return _render_dots(cls, params, frames, size)
+
+
+def _dot_params(rng: np.random.Generator, size: int) -> dict:
     k = size / 64
     return dict(
+        style="dots",
         bg=rng.uniform(0, 100, 3).tolist(),
         fg=rng.uniform(150, 255, 3).tolist(),  # brighter than the background in every channel
         gradient=rng.uniform(-20, 20, 2).tolist(),  # background slope over the frame, per axis
@@ -129,8 +227,8 @@ def _simulate(dx: float, dy: float, rot: int, scale: int, params: dict, frames: 
     return out
 
 
-def render_video(cls: int, params: dict, frames: int, size: int) -> np.ndarray:
-    """Render one video of class ``cls``: ``uint8 (T, size, size, 3)``."""
+def _render_dots(cls: int, params: dict, frames: int, size: int) -> np.ndarray:
+    """The random-dot kinematogram of class ``cls``: ``uint8 (T, size, size, 3)``."""
     _, (dx, dy), rot, scale = CLASS_SPECS[cls]
     # the partner motions are the forward ones played backwards (same law per frame, motion reversed)
     backwards = rot < 0 or scale < 0 or (not rot and not scale and (dy < 0 or (dy == 0 and dx < 0)))
@@ -162,8 +260,8 @@ def render_video(cls: int, params: dict, frames: int, size: int) -> np.ndarray:
 
 
 def _make_one(job: tuple) -> tuple[str, int]:
-    out, rel, cls, index, seed, frames, size = job
-    params = _video_params(seed, cls, index, frames, size)
+    out, rel, cls, index, seed, frames, size, style = job
+    params = _video_params(seed, cls, index, frames, size, style)
     data = encode_h264(render_video(cls, params, frames, size), fps=25, threads=1)
     path = Path(out) / rel
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -175,27 +273,31 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def _check_args(classes: int, per_class: int, frames: int, size: int, val_fraction: float) -> None:
+def _check_args(
+    classes: int, per_class: int, frames: int, size: int, val_fraction: float, style: str
+) -> None:
+    if style not in STYLES:
+        raise InputError(f"style={style!r}: expected one of {list(STYLES)}")
     if not 1 <= classes <= MAX_CLASSES:
-        raise ValueError(f"classes={classes}: must be in [1, {MAX_CLASSES}] (the motion classes available)")
+        raise InputError(f"classes={classes}: must be in [1, {MAX_CLASSES}] (the motion classes available)")
     if per_class < 1:
-        raise ValueError(f"per_class={per_class}: must be >= 1")
+        raise InputError(f"per_class={per_class}: must be >= 1")
     if frames < 2:
-        raise ValueError(f"frames={frames}: must be >= 2 (a motion needs two frames)")
+        raise InputError(f"frames={frames}: must be >= 2 (a motion needs two frames)")
     if size < 16 or size % 2:
-        raise ValueError(f"size={size}: must be an even number >= 16 (H.264 yuv420p needs even sides)")
+        raise InputError(f"size={size}: must be an even number >= 16 (H.264 yuv420p needs even sides)")
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction={val_fraction}: must be in [0, 1)")
+        raise InputError(f"val_fraction={val_fraction}: must be in [0, 1)")
 
 
 def make_synthetic(out: str | Path, classes: int = 6, per_class: int = 24, frames: int = 32, size: int = 64,
                    seed: int = 0, val_fraction: float = 0.25, workers: int | None = None,
-                   progress: bool = True) -> dict:  # fmt: skip
+                   progress: bool = True, style: str = "textures") -> dict:  # fmt: skip
     """Render and encode the data set into ``out``; returns a summary dict (also written to synth.json).
 
     ``workers``: processes for rendering and encoding (default: the CPU count; 1 runs in this process).
     """
-    _check_args(classes, per_class, frames, size, val_fraction)
+    _check_args(classes, per_class, frames, size, val_fraction, style)
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -209,7 +311,7 @@ def make_synthetic(out: str | Path, classes: int = 6, per_class: int = 24, frame
         val_idx = set(order[:n_val].tolist())
         for i in range(per_class):
             rel = f"videos/{name}/{name}_{i:04d}.mp4"
-            jobs.append((str(out), rel, cls, i, seed, frames, size))
+            jobs.append((str(out), rel, cls, i, seed, frames, size, style))
             split_of[rel] = ("val" if i in val_idx else "train", cls)
 
     workers = (os.cpu_count() or 1) if workers is None else workers
@@ -233,6 +335,7 @@ def make_synthetic(out: str | Path, classes: int = 6, per_class: int = 24, frame
               file=sys.stderr)  # fmt: skip
     summary = {
         "out": str(out),
+        "style": style,
         "flip_safe": not unsafe,
         "classes": names,
         "per_class": per_class,
@@ -252,15 +355,15 @@ def make_synthetic(out: str | Path, classes: int = 6, per_class: int = 24, frame
 
 
 def main(out: str, classes: int = 6, per_class: int = 24, frames: int = 32, size: int = 64, seed: int = 0,
-         val_fraction: float = 0.25) -> int:  # fmt: skip
+         val_fraction: float = 0.25, style: str = "textures") -> int:  # fmt: skip
     """``marvit synth``: make the data set and print a summary; 2 on bad arguments."""
     try:
-        s = make_synthetic(out, classes, per_class, frames, size, seed, val_fraction)
+        s = make_synthetic(out, classes, per_class, frames, size, seed, val_fraction, style=style)
     except ValueError as e:
         print(f"marvit synth: {e}", file=sys.stderr)
         return 2
     print(
-        f"synth: {s['train']} train + {s['val']} val videos, {len(s['classes'])} classes "
+        f"synth ({s['style']}): {s['train']} train + {s['val']} val videos, {len(s['classes'])} classes "
         f"({', '.join(s['classes'])}), {s['frames']} frames at {s['size']}x{s['size']}, "
         f"{s['bytes'] / 1e6:.1f} MB in {s['seconds']:.1f} s -> {s['out']}"
     )
