@@ -139,7 +139,7 @@ def test_classify(name, cls):
 
 
 def test_profile_writes_traces_and_shares(tmp_path, capsys):
-    cfg = load_config(None, ["model.name=vit_s", "model.num_frames=4", "model.img_size=32",
+    cfg = load_config(None, ["model.name=vit_s",
                              "data.num_frames=4", "data.img_size=32", "data.backend=synthetic",
                              "data.batch_size=2", "data.synthetic_samples=[4,2]", "train.device=cpu"])  # fmt: skip
     assert profile_main(cfg, steps=1, out=str(tmp_path)) == 0

@@ -6,6 +6,7 @@ PyAV, checksums recomputed with ``hashlib``, DALI index entries compared with th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -462,11 +463,11 @@ def _loader_round_trip(root: Path) -> None:
     cfg = DataConfig(root=str(root), num_frames=8, sampling_rate=2, img_size=32, test_short_side=32, test_clips=1,
                      test_crops=1, batch_size=2, num_workers=0, reprob=0.0)  # fmt: skip
     for backend in ["pyav"] + (["dali"] if dali_available() else []):
-        train = build_loader(cfg, "train", backend=backend, train=True)
+        train = build_loader(dataclasses.replace(cfg, backend=backend), "train", train=True)
         batch = next(iter(train))
         assert batch["video"].shape == (2, 3, 8, 32, 32) and torch.isfinite(batch["video"]).all(), backend
         seen = {}
-        for b in build_loader(cfg, "train", backend=backend, train=False):
+        for b in build_loader(dataclasses.replace(cfg, backend=backend), "train", train=False):
             assert torch.isfinite(b["video"]).all()
             seen.update(zip(b["video_id"].tolist(), b["label"].tolist()))
         assert seen == labels, backend

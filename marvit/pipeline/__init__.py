@@ -95,19 +95,17 @@ def build_loader(
     epoch: int = 0,
     num_classes: int | None = None,
     shards: str | None = None,
-    backend: str | None = None,
 ):
     """A loader (the contract above) over ``split`` of ``data_cfg.root`` (or of ``shards``, a directory or
     pattern), with the backend ``data_cfg.backend`` names.
 
     ``train`` defaults to ``split == "train"``. ``num_classes`` is needed by the synthetic backend (its
-    labels) and ignored by the others. ``backend`` overrides ``data_cfg.backend`` (transitional: callers
-    should set ``data_cfg.backend``)."""
+    labels) and ignored by the others."""
     if not 0 <= rank < world_size:
         raise InputError(f"rank={rank}, world_size={world_size}: need 0 <= rank < world_size")
     data_cfg.validate()
     train = split == "train" if train is None else train
-    backend = resolve_backend(backend or data_cfg.backend, device)
+    backend = resolve_backend(data_cfg.backend, device)
     if backend == "synthetic":
         from marvit.pipeline.synthetic_loader import SyntheticLoader
 
