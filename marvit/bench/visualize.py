@@ -18,10 +18,9 @@ import torch  # noqa: E402
 from einops import rearrange  # noqa: E402
 
 from marvit.config import Config, ConfigError, load_config  # noqa: E402
-from marvit.model.masking import MASK_STRATEGIES  # noqa: E402
 from marvit.model import build_model, make_mask, split_indices  # noqa: E402
 from marvit.model.decoder import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from marvit.model.masking import num_visible  # noqa: E402
+from marvit.model.masking import MASK_STRATEGIES, num_visible  # noqa: E402
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
@@ -114,8 +113,9 @@ def plot_reconstruction(path: str | Path, images: dict[str, torch.Tensor], frame
 
 
 def load_clip(video: str | None, cfg: Config) -> torch.Tensor:
-    """A normalized clip ``(3, T, S, S)``: the first frames of ``video`` (center crop), or a synthetic one."""
-    size, frames = cfg.model.img_size, cfg.model.num_frames
+    """A normalized clip ``(3, T, S, S)``: ``video``'s centred window of ``data.num_frames`` frames at
+    ``data.sampling_rate`` (as one evaluation clip), centre-cropped; or a synthetic one."""
+    size, frames = cfg.data.img_size, cfg.data.num_frames
     if video is None:
         from marvit.pipeline.synthetic_loader import synthetic_clip
 
@@ -123,10 +123,11 @@ def load_clip(video: str | None, cfg: Config) -> torch.Tensor:
     else:
         import torch.nn.functional as F
 
+        from marvit.pipeline.sampling import kinetics_test
         from marvit.pipeline.video import decode_frames
 
         arr = torch.from_numpy(decode_frames(video)).float() / 255  # (T, H, W, 3)
-        idx = torch.arange(frames).clamp(max=arr.shape[0] - 1)
+        idx = torch.from_numpy(kinetics_test(arr.shape[0], frames, cfg.data.sampling_rate, 1)[0])
         arr = arr[idx].permute(0, 3, 1, 2)  # (T, 3, H, W)
         scale = size / min(arr.shape[-2:])
         arr = F.interpolate(arr, scale_factor=scale, mode="bilinear", antialias=True, align_corners=False)
