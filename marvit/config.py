@@ -152,8 +152,9 @@ class DataConfig:
     """Shards, sampling and augmentation. ``root`` is a ``marvit convert`` output directory."""
 
     root: str | None = None
-    # "synthetic" generates clips in memory (no files): throughput runs and exact tests
-    backend: Literal["auto", "dali", "pyav", "synthetic"] = "auto"
+    # "auto": DALI on a GPU, PyAV on a CPU (measured faster there); "cached": decode a split once into
+    # memory, augment per epoch (small data sets); "synthetic": clips generated in memory, no files
+    backend: Literal["auto", "dali", "pyav", "cached", "synthetic"] = "auto"
     synthetic_samples: tuple[int, int] = (512, 128)  # (train, val) for backend=synthetic
     # "kinetics": frames at a stride from a random window; "ssv2": segment-based over the whole video
     sampling: Literal["kinetics", "ssv2"] = "kinetics"

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["build_loader", "mixup_fn", "VideoMixup", "resolve_backend", "check_shards"]
 
-BACKENDS = ("auto", "dali", "pyav", "synthetic")
+BACKENDS = ("auto", "dali", "pyav", "cached", "synthetic")
 
 
 def __getattr__(name: str) -> Any:
@@ -137,6 +137,10 @@ def build_loader(
         from marvit.pipeline.dali_loader import DaliLoader
 
         return DaliLoader(shard_set, data_cfg, **kw)
+    if backend == "cached":  # decoded once into memory, augmented per epoch (small data sets: the demo)
+        from marvit.pipeline.cached_loader import CachedLoader
+
+        return CachedLoader(shard_set, data_cfg, **kw)
     from marvit.pipeline.pyav_loader import PyavLoader
 
     return PyavLoader(shard_set, data_cfg, **kw)
