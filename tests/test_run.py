@@ -226,3 +226,16 @@ def test_compiled_blocks_match_eager_and_do_not_recompile(tmp_path, scheme):
         graphs.append(counters["stats"]["unique_graphs"])
     assert graphs[0] > 0  # something was compiled
     assert graphs[1] == graphs[2] == graphs[3], graphs  # no recompilation after the first steps
+
+
+def test_eval_takes_a_run_directory_and_overrides_after_its_options(tmp_path, capsys):
+    config, cfg = _cfg(tmp_path, "train.max_steps=4", "train.scheme=standard", "train.eval_interval=2")
+    assert train(cfg) == 0
+    run = tmp_path / "run"
+    capsys.readouterr()
+    # the run directory, not a checkpoint: its best checkpoint is used; overrides may follow the options
+    assert cli(["eval", str(config), "--checkpoint", str(run), "--views", "1x1", "train.scheme=standard",
+                "data.synthetic_samples=[32,8]"]) == 0  # fmt: skip
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["checkpoint"] == str(run / "checkpoints" / "best") and res["num_videos"] == 8
+    assert res["views"] == "1x1" and res["mask"] is None
