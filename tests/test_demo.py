@@ -6,19 +6,13 @@ import json
 import math
 from pathlib import Path
 
-import pytest
-
 from marvit.cli import main
 from marvit.config import load_config
 from marvit.demo import demo_config, demo_config_text, std_error
-from marvit.pipeline import BACKENDS
 
 ROOT = Path(__file__).resolve().parents[1]
-# transitional: the demo's config names data.backend=cached, which build_loader registers
-needs_cached = pytest.mark.skipif("cached" not in BACKENDS, reason="data.backend=cached not registered yet")
 
 
-@needs_cached
 def test_the_demo_reads_its_packaged_config():
     packaged = ROOT / "marvit" / "configs" / "demo.yaml"
     assert demo_config_text() == packaged.read_text()
@@ -30,7 +24,6 @@ def test_every_shipped_config_loads():
         load_config(path)
 
 
-@needs_cached
 def test_every_packaged_config_loads():
     for path in sorted((ROOT / "marvit" / "configs").glob("*.yaml")):
         load_config(path)

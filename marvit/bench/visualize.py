@@ -140,18 +140,27 @@ def load_clip(video: str | None, cfg: Config) -> torch.Tensor:
 
 
 def main(out: str, video: str | None, checkpoint: str | None, config: str | None, ratio: float) -> int:
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from marvit.errors import InputError
+    from marvit.pipeline.manifest import atomic_write_json, writable_dir
+
+    if video is not None and not Path(video).is_file():
+        raise InputError(f"--video {video}: no such file")
+    if video is not None and checkpoint is None:
+        raise InputError(
+            f"--video {video}: a reconstruction needs --checkpoint (a marvit checkpoint with a decoder)"
+        )
+    out_dir = writable_dir(out, "--out")
     written = {"masks": str(plot_masks(out_dir / "masks.png", ratio=ratio))}
     if checkpoint is not None:
-        from marvit.train.checkpoint import load_checkpoint
+        from marvit.train.checkpoint import find_checkpoint, load_checkpoint
 
+        checkpoint = str(find_checkpoint(checkpoint))
         cfg_path = config or str(Path(checkpoint) / "config.yaml")
         cfg = load_config(cfg_path)
         model = build_model(cfg.model, with_decoder=True).eval()
         load_checkpoint(checkpoint, model)
         images = reconstruct(model, load_clip(video, cfg), ratio, cfg.data.mean, cfg.data.std)
         written["reconstruction"] = str(plot_reconstruction(out_dir / "reconstruction.png", images))
-    (out_dir / "visualize.json").write_text(json.dumps(written, indent=2))
+    atomic_write_json(out_dir / "visualize.json", written, indent=2)
     print(json.dumps(written))
     return 0
