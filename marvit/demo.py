@@ -1,6 +1,7 @@
 """``marvit demo``: the whole system on the packaged demo config, with nothing downloaded.
 
-1. make the synthetic motion data set (smooth colour textures moving with the class's motion, H.264 mp4)
+1. make the synthetic motion data set (random dots, or smooth colour textures, moving with the class's motion;
+   H.264 mp4)
    and convert it to WebDataset shards;
 2. pretrain a small ViT with VideoMAE (tube masking, normalized-pixel reconstruction);
 3. fine-tune it with the standard scheme (all tokens, linear head) and with MAR (cell running 50%,
@@ -347,8 +348,9 @@ def _report(results: dict, cfg: Config) -> str:
         "# marvit demo report",
         "",
         f"Synthetic motion data set ({d['style']}): {d['classes']} classes, {d['train_videos']} training and "
-        f"{d['val_videos']} validation videos of {d['frames']} frames at {d['size']}x{d['size']} (smooth colour "
-        "textures moving with the class's motion; one frame does not tell the class). Model "
+        f"{d['val_videos']} validation videos of {d['frames']} frames at {d['size']}x{d['size']} ("
+        + ("random dots" if d["style"] == "dots" else "smooth colour textures")
+        + " moving with the class's motion; one frame does not tell the class). Model "
         f"{cfg.model.embed_dim}-wide, {cfg.model.depth} blocks, {cfg.data.num_frames} frames at stride "
         f"{cfg.data.sampling_rate}, {cfg.model.img_size}px ({cfg.model.num_tokens} tokens). Both schemes fine-tune "
         "the same VideoMAE-pretrained weights for the same steps and batch on the same data path "

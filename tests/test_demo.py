@@ -49,7 +49,9 @@ def test_quick_demo_end_to_end(tmp_path):
     assert res["chance_top1"] == 100 / 3 and set(res["targets"]) >= {"train_speedup", "top1_drop", "top1_se"}
     # the dots have no redundancy (about 2: unrelated patterns), the textures have
     red = res["redundancy"]
-    assert red["interpolation_mse"] < 1.0 < red["interpolation_mse_dots"]
+    # the demo's data set is the random dots (test_synth holds the textures' redundancy against them)
+    assert res["data"]["style"] == "dots" and red["interpolation_mse_dots"] > 1.0
+    assert abs(red["interpolation_mse"] - red["interpolation_mse_dots"]) < 0.5
     for key in ("pretrained_decoder_mse", "pretrained_decoder_mse_tube", "mar_decoder_mse"):
         assert 0.0 < red[key] < 5.0
     for png in res["plots"].values():
