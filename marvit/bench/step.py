@@ -131,7 +131,7 @@ class ActivationMeter:
 # --------------------------------------------------------------------------------------------------------
 # the two schemes, as the training loop runs them
 # --------------------------------------------------------------------------------------------------------
-def scheme_config(
+def resolved_scheme(
     scheme: str,
     preset: str,
     frames: int,
@@ -139,8 +139,8 @@ def scheme_config(
     batch: int,
     ratio: float = 0.5,
     decoder_keep: float = 1.0,
-) -> Config:
-    """The resolved config of ``scheme`` ("standard" or "mar"); ratio 0 means no mask at all.
+) -> tuple[Config, Scheme]:
+    """The resolved config of ``scheme`` ("standard" or "mar") and its Scheme; ratio 0 means no mask at all.
 
     Everything but the sizes is the config's default (lambda = ``TrainConfig().recon_weight``)."""
     cfg = Config(
@@ -149,7 +149,12 @@ def scheme_config(
         data=DataConfig(num_frames=frames, img_size=size, batch_size=batch, mixup=0.0, cutmix=0.0),
         train=TrainConfig(scheme=scheme, decoder_keep=decoder_keep),
     )
-    return resolve(cfg)[0]
+    return resolve(cfg)
+
+
+def scheme_config(*args: Any, **kwargs: Any) -> Config:
+    """The resolved config alone (see :func:`resolved_scheme`)."""
+    return resolved_scheme(*args, **kwargs)[0]
 
 
 def train_step(
@@ -242,9 +247,9 @@ def run(
     amp_dtype = torch.bfloat16 if dev.type == "cuda" else None  # bf16 can crash on this CPU: fp32 there
     std_preset = standard_preset or preset
     torch.manual_seed(0)
-    std_cfg = scheme_config("standard", std_preset, frames, size, batch)
+    std_cfg, std_scheme = resolved_scheme("standard", std_preset, frames, size, batch)
     # one MAR job per (ratio, decoder_keep, checkpoint_heads)
-    mar_cfgs = [(scheme_config("mar", preset, frames, size, batch, r, keep), ckpt)
+    mar_cfgs = [(*resolved_scheme("mar", preset, frames, size, batch, r, keep), ckpt)
                 for r in ratios for keep, ckpt in variants]  # fmt: skip
     gen = torch.Generator(device=dev).manual_seed(0)
     video = torch.randn(batch, 3, frames, size, size, device=dev)  # (B, C, T, H, W), normalized-like
@@ -262,11 +267,11 @@ def run(
         s_opt = build_optimizer(s_model, std_cfg.train, 1e-4)
         m_opt = build_optimizer(m_model, mar_cfgs[0][0].train, 1e-4)  # every MAR job shares the settings
         tag = "/compiled" if compiled else ""
-        jobs.append(_Job(f"standard{tag}", "standard", s_model, s_opt, std_cfg, resolve(std_cfg)[1], False,
+        jobs.append(_Job(f"standard{tag}", "standard", s_model, s_opt, std_cfg, std_scheme, False,
                          compiled))  # fmt: skip
-        for c, ck in mar_cfgs:
+        for c, sch, ck in mar_cfgs:
             name = f"mar@{c.mask.ratio:g}/keep{c.train.decoder_keep:g}/ckpt{int(ck)}{tag}"
-            jobs.append(_Job(name, "mar", m_model, m_opt, c, resolve(c)[1], ck, compiled))
+            jobs.append(_Job(name, "mar", m_model, m_opt, c, sch, ck, compiled))
     times = {j.name: {"train": [], "infer": []} for j in jobs}
     memory: dict[str, dict] = {j.name: {} for j in jobs}
     first_ms: dict[str, float] = {}  # the first training step of each job (compilation included)
