@@ -20,6 +20,11 @@ from typing import Any
 from marvit.errors import InputError
 
 
+def _classes_arg(text: str) -> int | list[str]:
+    """``--classes``: a count, or comma-separated class names (checked by the synth command)."""
+    return int(text) if text.strip().isdigit() else [n.strip() for n in text.split(",") if n.strip()]
+
+
 class _Parser(argparse.ArgumentParser):
     """Every (sub)command's help shows each option's default."""
 
@@ -64,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     # ---- data -------------------------------------------------------------------------------------
     p = sub.add_parser("synth", help="make a synthetic action data set encoded to H.264 mp4")
     p.add_argument("out", help="output directory (videos/, train.csv, val.csv, classes.txt, ...)")
-    p.add_argument("--classes", type=int, default=6, help="motion classes, 1-12")
+    p.add_argument("--classes", type=_classes_arg, default=6,
+                   help="motion classes: the first N (1-12), or comma-separated names (move_right,move_left,...)")  # fmt: skip
     p.add_argument("--per-class", type=int, default=24, help="videos per class")
     p.add_argument("--frames", type=int, default=32, help="frames per video")
     p.add_argument("--size", type=int, default=64, help="frame side (pixels, even)")

@@ -4,9 +4,9 @@
    H.264 mp4)
    and convert it to WebDataset shards;
 2. pretrain a small ViT with VideoMAE (tube masking, normalized-pixel reconstruction);
-3. fine-tune it with the standard scheme (all tokens, linear head) and with MAR (cell running 50%,
-   bridging classifier, reconstruction loss), from the same pretrained weights, for the same steps, on the
-   same data path;
+3. fine-tune with the standard scheme (all tokens, linear head) and with MAR (cell running 50%,
+   bridging classifier, reconstruction loss), from the same initialization (the random one: see
+   ``FINE_TUNE_FROM_PRETRAINED``), for the same steps, on the same data path;
 4. evaluate both (multi-view), count their FLOPs, measure the data's redundancy and the decoders'
    masked-token losses, and write ``results.json``, ``report.md`` and PNGs: accuracy against GFLOPs with
    one-standard-error bars, loss curves, the masks of each strategy, and a masked clip's reconstruction.
@@ -38,6 +38,14 @@ from marvit.config import Config, config_from_dict, load_config
 DEMO_DATA = {"classes": 6, "per_class": 148, "frames": 32, "size": 64, "seed": 0, "val_fraction": 100 / 148,
              "style": "dots"}  # fmt: skip
 PRETRAIN_EPOCHS = 20
+# Where fine-tuning starts. VideoMAE pretraining on the random dots learns nothing in the demo's budget (its
+# masked loss stays at 0.998: dots cannot be inferred from their neighbours) and AdamW's steps on that
+# signal-free loss move every weight as far as its initial scale, so starting from it delayed both schemes
+# (measured: MAR left its initial plateau after more than 300 of 612 steps from the pretrained weights, after
+# about 120 from the random initialization; the standard scheme about 150 vs 200-420). Both schemes therefore
+# fine-tune from the same random initialization (seed train.seed); the pretraining still runs, and its
+# decoder is measured against the target. True starts both from the pretrained checkpoint.
+FINE_TUNE_FROM_PRETRAINED = False
 THREADS = 2  # torch intra-op threads: fixed, so two runs reduce in the same order
 # what the demo is meant to show (issue 13); the report says which held
 TARGETS = {"max_total_s": 600.0, "max_top1_drop": 1.0, "max_gflops_ratio": 0.55, "min_train_speedup": 1.3,
@@ -55,7 +63,14 @@ def demo_config() -> Config:
 
 def _quick(cfg: Config, data: dict) -> tuple[Config, dict, int]:
     """Seconds instead of minutes: 3 classes, tiny clips, a couple of steps per phase."""
-    data = {**data, "classes": 3, "per_class": 8, "frames": 16, "size": 32, "val_fraction": 0.5}
+    data = {
+        **data,
+        "classes": 3,
+        "per_class": 8,
+        "frames": 16,
+        "size": 32,
+        "val_fraction": 0.5,
+    }
     cfg = copy.deepcopy(cfg)
     cfg.data.img_size = cfg.data.test_short_side = 32
     cfg.data.num_frames = 8
@@ -139,13 +154,14 @@ def _main(out_dir: Path, quick: bool) -> int:
     pre = _run_phase(cfg, "pretrain", out_dir / "pretrain", None, pre_epochs)
     timings["pretrain_s"] = pre["wall_s"]
     pretrained = str(latest_checkpoint(out_dir / "pretrain"))
+    init = pretrained if FINE_TUNE_FROM_PRETRAINED else None
 
     # 3. fine-tuning: standard and MAR from the same weights ---------------------------------------
     print("[demo 3/5] fine-tuning: standard scheme")
-    std = _run_phase(cfg, "standard", out_dir / "standard", pretrained, cfg.train.epochs)
+    std = _run_phase(cfg, "standard", out_dir / "standard", init, cfg.train.epochs)
     timings["standard_s"] = std["wall_s"]
     print("[demo 4/5] fine-tuning: MAR")
-    mar = _run_phase(cfg, "mar", out_dir / "mar", pretrained, cfg.train.epochs)
+    mar = _run_phase(cfg, "mar", out_dir / "mar", init, cfg.train.epochs)
     timings["mar_s"] = mar["wall_s"]
 
     # 4. FLOPs, redundancy and results ---------------------------------------------------------------
@@ -171,11 +187,13 @@ def _main(out_dir: Path, quick: bool) -> int:
             "train_time_s": pre["train_time_s"],
             "steps": pre["steps"],
             "mask": f"tube {cfg.train.pretrain_mask_ratio:.0%}",
+            "fine_tuning_starts_from_it": FINE_TUNE_FROM_PRETRAINED,
         },  # fmt: skip
         "mask": f"{cfg.mask.strategy} {cfg.mask.ratio:.0%}",
         "chance_top1": 100 / cfg.model.num_classes,
         "data": {
             **data,
+            "class_names": manifest["classes"],
             "train_videos": manifest["splits"]["train"]["num_samples"],
             "val_videos": manifest["splits"]["val"]["num_samples"],
         },  # fmt: skip
@@ -347,13 +365,19 @@ def _report(results: dict, cfg: Config) -> str:
     lines = [
         "# marvit demo report",
         "",
-        f"Synthetic motion data set ({d['style']}): {d['classes']} classes, {d['train_videos']} training and "
+        f"Synthetic motion data set ({d['style']}): {len(d['class_names'])} classes ({', '.join(d['class_names'])}), {d['train_videos']} training and "
         f"{d['val_videos']} validation videos of {d['frames']} frames at {d['size']}x{d['size']} ("
         + ("random dots" if d["style"] == "dots" else "smooth colour textures")
         + " moving with the class's motion; one frame does not tell the class). Model "
         f"{cfg.model.embed_dim}-wide, {cfg.model.depth} blocks, {cfg.data.num_frames} frames at stride "
         f"{cfg.data.sampling_rate}, {cfg.model.img_size}px ({cfg.model.num_tokens} tokens). Both schemes fine-tune "
-        "the same VideoMAE-pretrained weights for the same steps and batch on the same data path "
+        + (
+            "the same VideoMAE-pretrained weights"
+            if results["pretrain"]["fine_tuning_starts_from_it"]
+            else "from the same random initialization (VideoMAE pretraining learns nothing on random dots, see below, "
+            "and starting from it delayed both schemes)"
+        )
+        + " for the same steps and batch on the same data path "
         f"(data.backend={cfg.data.backend}).",
         "",
         "| scheme | top-1 (%) ± s.e. | top-5 (%) | inference GFLOPs/view | train GFLOPs/clip (fwd) | "

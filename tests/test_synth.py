@@ -112,12 +112,13 @@ def _nearest_mean_accuracy(x: np.ndarray, y: np.ndarray, train: np.ndarray | Non
     return float((classes[d.argmin(1)] == y[~train]).mean())
 
 
-@pytest.fixture(scope="module")
-def rendered() -> tuple[list[np.ndarray], np.ndarray]:
+@pytest.fixture(scope="module", params=synth.STYLES)
+def rendered(request) -> tuple[list[np.ndarray], np.ndarray]:
+    """Every style's videos (the demo trains on the dots, the default style is the textures)."""
     videos, labels = [], []
     for c in range(CLASSES):
         for i in range(PER_CLASS):
-            params = synth._video_params(0, c, i, FRAMES, SIZE)
+            params = synth._video_params(0, c, i, FRAMES, SIZE, request.param)
             videos.append(render_video(c, params, FRAMES, SIZE))
             labels.append(c)
     return videos, np.array(labels)
@@ -233,9 +234,35 @@ def test_the_dot_style_is_kept_for_comparison(tmp_path):
     assert np.abs(textures.astype(int) - ref).mean() > 20  # the default is the other style
 
 
+def test_classes_chosen_by_name(tmp_path):
+    names = ["move_up", "move_right", "move_left"]
+    s = make_synthetic(tmp_path, classes=names, per_class=3, frames=4, size=32, style="dots", val_fraction=0.34,
+                       workers=1, progress=False)  # fmt: skip
+    assert s["classes"] == names and (tmp_path / "classes.txt").read_text().split() == names
+    rows = [
+        line.split()
+        for split in ("train", "val")
+        for line in (tmp_path / f"{split}.csv").read_text().splitlines()
+    ]
+    # labels are positions in the chosen list, each file in its class's folder
+    assert sorted({int(label) for _, label in rows}) == [0, 1, 2]
+    assert all(path.split("/")[1] == names[int(label)] for path, label in rows)
+    # right <-> left swap under a flip, up stays: in the chosen labels
+    assert json.loads((tmp_path / "flip_map.json").read_text()) == {"0": 0, "1": 2, "2": 1}
+    # a class's videos do not depend on which others were chosen (its randomness is keyed by its name's row)
+    video = decode_all(tmp_path / "videos" / "move_right" / "move_right_0001.mp4")
+    ref = render_video(0, synth._video_params(0, 0, 1, 4, 32, "dots"), 4, 32)
+    assert np.abs(video.astype(int) - ref).mean() < 12
+    assert [n for n in CLASS_NAMES if n.startswith("move_")] == synth.TRANSLATIONS
+
+
 def test_bad_arguments_are_refused(tmp_path, capsys):
     with pytest.raises(ValueError, match="classes=13"):
         make_synthetic(tmp_path, classes=13)
+    with pytest.raises(InputError, match="move_sideways"):
+        make_synthetic(tmp_path, classes=["move_right", "move_sideways"])
+    with pytest.raises(InputError, match="distinct"):
+        make_synthetic(tmp_path, classes=["move_right", "move_right"])
     with pytest.raises(ValueError, match="size=33"):
         make_synthetic(tmp_path, size=33)
     with pytest.raises(InputError, match="style='sparkles'"):

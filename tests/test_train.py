@@ -162,6 +162,21 @@ def test_param_groups_layer_decay_and_no_decay():
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
+@pytest.mark.parametrize("scheme", ["pretrain", "mar", "standard"])
+def test_only_fine_tuning_decays_lr_by_layer(tmp_path, scheme):
+    from marvit.train.optim import build_optimizer
+    from marvit.train.scheme import resolve
+
+    cfg, sch = resolve(tiny_config(tmp_path, f"train.scheme={scheme}", "train.layer_decay=0.75")[1])
+    model = build_model(cfg.model, with_decoder=sch.recon_weight > 0)
+    scales = {g["lr_scale"] for g in build_optimizer(model, cfg.train, 1e-3).param_groups}
+    # VideoMAE pretrains every layer at the full rate; fine-tuning decays the rate from the head down
+    if scheme == "pretrain":
+        assert scales == {1.0} and cfg.train.layer_decay == 1.0
+    else:
+        assert min(scales) == pytest.approx(0.75 ** (cfg.model.depth + 1)) and cfg.train.layer_decay == 0.75
+
+
 def test_cosine_schedule():
     assert cosine_lr(0, 100, 10, 1.0, 0.0) == 0.0
     assert cosine_lr(5, 100, 10, 1.0, 0.0) == pytest.approx(0.5)

@@ -193,20 +193,31 @@ def _reference(
     pos: torch.Tensor | None,
     g: Geometry,
 ) -> torch.Tensor:
-    # A view: (B, Tn, Hn, Wn, C, t, ph, pw); nothing is copied until the gather below.
-    x = rearrange(video, "b c (tn t) (hn h) (wn w) -> b tn hn wn c t h w", t=g.tt, h=g.ph, w=g.pw)
-    if visible_idx is None:
-        patches = x.reshape(g.B, g.N, g.K)  # (B, N, K)
-    else:
-        idx = visible_idx.long()
-        ti, hw = idx.div(g.Hn * g.Wn, rounding_mode="floor"), idx.remainder(g.Hn * g.Wn)
-        hi, wi = hw.div(g.Wn, rounding_mode="floor"), hw.remainder(g.Wn)
-        bi = torch.arange(g.B, device=video.device)[:, None]
-        patches = x[bi, ti, hi, wi].reshape(g.B, g.N_vis, g.K)  # (B, N_vis, K): visible tubelets only
+    patches = gather_tubelets(video, visible_idx, g.tt, (g.ph, g.pw)).reshape(g.B, -1, g.K)  # (B, N_vis, K)
     out = F.linear(patches, weight.reshape(g.D, g.K), None if bias is None else bias.to(weight.dtype))
     if pos is not None:
         out = out + (pos if visible_idx is None else pos[visible_idx.long()]).to(out.dtype)  # (B, N_vis, D)
     return out
+
+
+def gather_tubelets(
+    video: torch.Tensor, index: torch.Tensor | None, tubelet: int, patch: int | tuple[int, int]
+) -> torch.Tensor:
+    """The tubelets ``index`` of ``video`` (all of them when None), copied from a strided view of the clip:
+    (B, C, T, H, W), index (B, N_t) token ids in (t, h, w) raster order, patch a side or (height, width)
+    -> (B, N_t, C, tubelet, patch height, patch width).
+
+    Only the selected tubelets are copied (the patch embedding's CPU path and the reconstruction targets)."""
+    ph, pw = (patch, patch) if isinstance(patch, int) else patch
+    x = rearrange(video, "b c (tn t) (hn h) (wn w) -> b tn hn wn c t h w", t=tubelet, h=ph, w=pw)
+    if index is None:
+        return x.flatten(1, 3)
+    hn, wn = x.shape[2], x.shape[3]
+    idx = index.long()
+    ti, hw = idx.div(hn * wn, rounding_mode="floor"), idx.remainder(hn * wn)
+    hi, wi = hw.div(wn, rounding_mode="floor"), hw.remainder(wn)
+    bi = torch.arange(x.shape[0], device=video.device)[:, None]
+    return x[bi, ti, hi, wi]
 
 
 def standard_patch_embed(

@@ -11,6 +11,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from marvit.kernels.patch_embed import gather_tubelets
 from marvit.model.layers import Block, LayerNorm, run_blocks, sinusoid_table
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,11 +56,9 @@ def tubelet_targets(
     the default ImageNet ``mean``/``std`` serve whatever ``data.mean``/``data.std`` the input had.
     """
     with torch.no_grad():
-        m = torch.as_tensor(mean, dtype=video.dtype, device=video.device).view(1, -1, 1, 1, 1)
-        s = torch.as_tensor(std, dtype=video.dtype, device=video.device).view(1, -1, 1, 1, 1)
-        x = video * s + m
-        x = rearrange(x, "b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2) c", p0=tubelet, p1=patch, p2=patch)
-        if index is not None:
-            x = torch.gather(x, 1, index[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3]))
-        x = (x - x.mean(dim=-2, keepdim=True)) / (x.var(dim=-2, unbiased=True, keepdim=True).sqrt() + 1e-6)
-        return rearrange(x, "b n p c -> b n (p c)")
+        x = gather_tubelets(video, index, tubelet, patch).flatten(3)  # (B, N_t, C, t*p*p): selected only
+        m = torch.as_tensor(mean, dtype=video.dtype, device=video.device).view(1, 1, -1, 1)
+        s = torch.as_tensor(std, dtype=video.dtype, device=video.device).view(1, 1, -1, 1)
+        x = x * s + m
+        x = (x - x.mean(dim=-1, keepdim=True)) / (x.var(dim=-1, unbiased=True, keepdim=True).sqrt() + 1e-6)
+        return rearrange(x, "b n c p -> b n (p c)")

@@ -37,6 +37,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -75,8 +76,8 @@ EDGE_GAIN = 2.0  # sharpness of the edges between surfaces (tanh gain; 0 = none)
 COARSEST = 120.0  # wavelength (px at 64x64) of a layer at the bottom of the window, where its weight is 0
 
 # dots
-DOTS_PER_64SQ = (30, 60)  # dots per 64x64 pixels (uniform in between)
-RESEED = 0.04  # chance per frame that a dot jumps to a uniform random place (its limited lifetime)
+DOTS_PER_64SQ = (70, 110)  # dots per 64x64 pixels (uniform in between)
+RESEED = 0.02  # chance per frame that a dot jumps to a uniform random place (its limited lifetime)
 
 
 def _mirror(i: int) -> int:
@@ -85,10 +86,30 @@ def _mirror(i: int) -> int:
     return next(j for j, (_, d, r, sc) in enumerate(CLASS_SPECS) if (d, r, sc) == ((-dx, dy), -rot, scale))
 
 
-def flip_map(num_classes: int) -> dict[int, int]:
-    """Class index -> class index after a horizontal flip, within the first ``num_classes`` classes."""
+def flip_map(classes: int | Sequence[str]) -> dict[int, int]:
+    """Label -> label after a horizontal flip, over the chosen classes (the first N, or these names)."""
+    specs = class_specs(classes)
     # a mirror class outside the chosen subset cannot be a label: keep the class (make_synthetic warns)
-    return {i: j if (j := _mirror(i)) < num_classes else i for i in range(num_classes)}
+    return {i: specs.index(j) if (j := _mirror(c)) in specs else i for i, c in enumerate(specs)}
+
+
+def class_specs(classes: int | Sequence[str]) -> list[int]:
+    """The CLASS_SPECS rows of the chosen classes, in label order: the first ``classes`` rows, or the rows
+    of these names (``["move_right", "move_left", ...]``)."""
+    if isinstance(classes, int):
+        if not 1 <= classes <= MAX_CLASSES:
+            raise InputError(
+                f"classes={classes}: must be in [1, {MAX_CLASSES}] (the motion classes available)"
+            )
+        return list(range(classes))
+    names = list(classes)
+    unknown = [n for n in names if n not in CLASS_NAMES]
+    if unknown or not names or len(set(names)) != len(names):
+        raise InputError(f"classes={names}: expected distinct names out of {CLASS_NAMES}")
+    return [CLASS_NAMES.index(n) for n in names]
+
+
+TRANSLATIONS = [n for n, _, rot, scale in CLASS_SPECS if not rot and not scale]  # the 8 directions
 
 
 def _video_params(seed: int, cls: int, index: int, frames: int, size: int, style: str = "textures") -> dict:
@@ -181,7 +202,7 @@ def _dot_params(rng: np.random.Generator, size: int) -> dict:
         noise=float(rng.uniform(2.0, 6.0)),
         density=float(rng.uniform(*DOTS_PER_64SQ)) / 64**2,  # dots per pixel
         sigma=float(rng.uniform(1.0, 1.8) * max(k, 0.75)),  # dot radius (Gaussian sigma) in px
-        speed=float(rng.uniform(1.2, 3.0) * k),  # translation, px per frame
+        speed=float(rng.uniform(0.8, 1.8) * k),  # translation, px per frame
         spin=float(math.radians(rng.uniform(3.5, 7.0))),  # rotation, rad per frame
         grow=float(rng.uniform(0.04, 0.08)),  # expansion, log-scale per frame
         sim_seed=int(rng.integers(2**31)),
@@ -237,18 +258,7 @@ def _render_dots(cls: int, params: dict, frames: int, size: int) -> np.ndarray:
     centers = _simulate(dx, dy, rot, scale, params, frames, size)
     if backwards:
         centers = centers[::-1]
-    torus = not (rot or scale)
-    g = np.arange(size) + 0.5
-    two_s2 = 2 * params["sigma"] ** 2
-    alpha = np.zeros((frames, size, size), np.float32)
-    for t, pos in enumerate(centers):
-        ddx = g[None, None, :] - pos[:, 0, None, None]  # (N, 1, S)
-        ddy = g[None, :, None] - pos[:, 1, None, None]  # (N, S, 1)
-        if torus:
-            ddx, ddy = (ddx + size / 2) % size - size / 2, (ddy + size / 2) % size - size / 2
-        if len(pos):
-            alpha[t] = np.exp(-(ddx**2 + ddy**2) / two_s2).max(axis=0)
-
+    alpha = _splat_dots(centers, params["sigma"], size, torus=not (rot or scale))
     lin = (np.arange(size) + 0.5) / size - 0.5
     gx, gy = params["gradient"]
     bg = np.asarray(params["bg"], np.float32) + (gx * lin[None, :, None] + gy * lin[:, None, None])
@@ -257,6 +267,35 @@ def _render_dots(cls: int, params: dict, frames: int, size: int) -> np.ndarray:
     img = bg[None] * (1 - a) + fg * a  # (T, H, W, 3)
     noise = np.random.default_rng(params["sim_seed"] + 1).normal(0, params["noise"], img.shape)
     return np.clip(img + noise, 0, 255).round().astype(np.uint8)
+
+
+def _splat_dots(centers: list, sigma: float, size: int, torus: bool) -> np.ndarray:
+    """Each frame's dots as Gaussian spots of peak 1, where they overlap the brighter one: ``float32 (T, S, S)``.
+
+    Each dot is evaluated only over the window of 4 sigma around it (beyond that a spot is below 1/1000 of its
+    peak) and the frame keeps the maximum over dots: the cost is dots x window, not dots x frame. On the torus
+    the windows wrap round; otherwise the parts outside the frame are dropped.
+    """
+    r = int(math.ceil(4 * sigma))
+    offs = np.arange(-r, r + 1)
+    alpha = np.zeros((len(centers), size * size), np.float32)
+    for t, pos in enumerate(centers):
+        if not len(pos):
+            continue
+        cx, cy = np.floor(pos[:, 0]).astype(int), np.floor(pos[:, 1]).astype(int)  # the pixel under each dot
+        xi = cx[:, None] + offs[None, :]  # (N, K) pixel columns of each dot's window
+        yi = cy[:, None] + offs[None, :]  # (N, K) pixel rows
+        gx = np.exp(-((xi + 0.5 - pos[:, :1]) ** 2) / (2 * sigma**2))  # separable Gaussian at pixel centers
+        gy = np.exp(-((yi + 0.5 - pos[:, 1:]) ** 2) / (2 * sigma**2))
+        val = gy[:, :, None] * gx[:, None, :]  # (N, K, K)
+        if torus:
+            xi, yi = xi % size, yi % size
+            keep = np.ones(val.shape, bool)
+        else:
+            keep = ((yi >= 0) & (yi < size))[:, :, None] & ((xi >= 0) & (xi < size))[:, None, :]
+        flat = (np.clip(yi, 0, size - 1)[:, :, None] * size + np.clip(xi, 0, size - 1)[:, None, :])[keep]
+        np.maximum.at(alpha[t], flat, val[keep].astype(np.float32))
+    return alpha.reshape(len(centers), size, size)
 
 
 def _make_one(job: tuple) -> tuple[str, int]:
@@ -273,13 +312,9 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def _check_args(
-    classes: int, per_class: int, frames: int, size: int, val_fraction: float, style: str
-) -> None:
+def _check_args(per_class: int, frames: int, size: int, val_fraction: float, style: str) -> None:
     if style not in STYLES:
         raise InputError(f"style={style!r}: expected one of {list(STYLES)}")
-    if not 1 <= classes <= MAX_CLASSES:
-        raise InputError(f"classes={classes}: must be in [1, {MAX_CLASSES}] (the motion classes available)")
     if per_class < 1:
         raise InputError(f"per_class={per_class}: must be >= 1")
     if frames < 2:
@@ -290,20 +325,24 @@ def _check_args(
         raise InputError(f"val_fraction={val_fraction}: must be in [0, 1)")
 
 
-def make_synthetic(out: str | Path, classes: int = 6, per_class: int = 24, frames: int = 32, size: int = 64,
-                   seed: int = 0, val_fraction: float = 0.25, workers: int | None = None,
+def make_synthetic(out: str | Path, classes: int | Sequence[str] = 6, per_class: int = 24, frames: int = 32,
+                   size: int = 64, seed: int = 0, val_fraction: float = 0.25, workers: int | None = None,
                    progress: bool = True, style: str = "textures") -> dict:  # fmt: skip
     """Render and encode the data set into ``out``; returns a summary dict (also written to synth.json).
 
+    ``classes``: the first N rows of CLASS_SPECS, or a list of their names (labels follow the list's order;
+    a class's videos are the same whichever others are chosen).
+
     ``workers``: processes for rendering and encoding (default: the CPU count; 1 runs in this process).
     """
-    _check_args(classes, per_class, frames, size, val_fraction, style)
+    specs = class_specs(classes)
+    _check_args(per_class, frames, size, val_fraction, style)
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    names = CLASS_NAMES[:classes]
+    names = [CLASS_NAMES[c] for c in specs]
     jobs, split_of = [], {}
-    for cls, name in enumerate(names):
+    for label, (cls, name) in enumerate(zip(specs, names)):
         order = np.random.default_rng([seed, cls, 2**31 - 1]).permutation(per_class)
         n_val = int(round(per_class * val_fraction))
         if val_fraction > 0 and per_class >= 2:
@@ -312,7 +351,7 @@ def make_synthetic(out: str | Path, classes: int = 6, per_class: int = 24, frame
         for i in range(per_class):
             rel = f"videos/{name}/{name}_{i:04d}.mp4"
             jobs.append((str(out), rel, cls, i, seed, frames, size, style))
-            split_of[rel] = ("val" if i in val_idx else "train", cls)
+            split_of[rel] = ("val" if i in val_idx else "train", label)
 
     workers = (os.cpu_count() or 1) if workers is None else workers
     workers = max(1, min(workers, len(jobs) // 8 or 1))
@@ -329,9 +368,9 @@ def make_synthetic(out: str | Path, classes: int = 6, per_class: int = 24, frame
     _write_text(out / "classes.txt", "".join(f"{n}\n" for n in names))
     flips = flip_map(classes)
     _write_text(out / "flip_map.json", json.dumps({str(k): v for k, v in flips.items()}, indent=1))
-    unsafe = [CLASS_NAMES[i] for i in flips if _mirror(i) >= classes]
+    unsafe = [CLASS_NAMES[c] for c in specs if _mirror(c) not in specs]
     if unsafe:
-        print(f"synth: with {classes} classes the mirror of {unsafe} is not a class; train without flips",
+        print(f"synth: with classes {names} the mirror of {unsafe} is not a class; train without flips",
               file=sys.stderr)  # fmt: skip
     summary = {
         "out": str(out),
@@ -354,7 +393,7 @@ def make_synthetic(out: str | Path, classes: int = 6, per_class: int = 24, frame
     return summary
 
 
-def main(out: str, classes: int = 6, per_class: int = 24, frames: int = 32, size: int = 64, seed: int = 0,
+def main(out: str, classes: int | Sequence[str] = 6, per_class: int = 24, frames: int = 32, size: int = 64, seed: int = 0,
          val_fraction: float = 0.25, style: str = "textures") -> int:  # fmt: skip
     """``marvit synth``: make the data set and print a summary; 2 on bad arguments."""
     try:

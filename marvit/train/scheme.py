@@ -10,7 +10,8 @@ evaluation, ``bench step``, ``profile`` and the doctor never test the scheme's n
   paper's 0% column, or ``recon_weight=0``: no decoder is built, so DDP has no parameter without gradient);
   evaluated under the strategy's evaluation mask at the trained ratio;
 - ``pretrain``: VideoMAE self-supervision: tube masking at ``train.pretrain_mask_ratio``, the decoder with
-  weight 1, no head and no labels.
+  weight 1, no head and no labels, and no layer-wise lr decay (``train.layer_decay`` is a fine-tuning
+  setting: VideoMAE pretrains every layer at the full rate).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def resolve(cfg: Config) -> tuple[Config, Scheme]:
         cfg.mask.strategy, cfg.mask.ratio, cfg.model.head = "none", 0.0, "linear"
     elif tc.scheme == "pretrain":
         cfg.mask.strategy, cfg.mask.ratio, cfg.model.head = "tube", tc.pretrain_mask_ratio, "none"
+        tc.layer_decay = 1.0  # the written config says what ran
     elif cfg.model.head == "none":
         cfg.model.head = "bridging"  # a classification scheme needs a head
     cfg.validate()
