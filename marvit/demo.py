@@ -404,7 +404,7 @@ def _report(results: dict, cfg: Config) -> str:
         "| measure | value |",
         "|---|---|",
         f"| interpolation from the nearest visible tubelets in time, this data set | {r['interpolation_mse']:.3f} |",
-        f"| the same, on the old random-dot style (rendered clips) | {r['interpolation_mse_dots']:.3f} |",
+        f"| the same, on the random-dot style rendered without the codec | {r['interpolation_mse_dots']:.3f} |",
         f"| pretrained decoder (VideoMAE), this mask | {r['pretrained_decoder_mse']:.3f} |",
         f"| pretrained decoder, its own {results['pretrain']['mask']} mask | {r['pretrained_decoder_mse_tube']:.3f} |",
         f"| MAR's decoder after fine-tuning, this mask | {r['mar_decoder_mse']:.3f} |",

@@ -61,3 +61,7 @@ def test_quick_demo_end_to_end(tmp_path):
     assert f"{res['mar']['top1']:.1f} ± {res['mar']['top1_se']:.1f}" in report and "Seeds:" in report
     manifest = json.loads((out / "shards" / "manifest.json").read_text())
     assert set(manifest["splits"]) == {"train", "val"}
+    # both schemes start from the same place: the random init of one seed (pretraining is measured, not used)
+    runs = [load_config(out / name / "config.yaml") for name in ("standard", "mar")]
+    assert [c.model.pretrained for c in runs] == [None, None] and runs[0].train.seed == runs[1].train.seed
+    assert res["pretrain"]["fine_tuning_starts_from_it"] is False and "random initialization" in report

@@ -258,7 +258,7 @@ def _render_dots(cls: int, params: dict, frames: int, size: int) -> np.ndarray:
     centers = _simulate(dx, dy, rot, scale, params, frames, size)
     if backwards:
         centers = centers[::-1]
-    alpha = _splat_dots(centers, params["sigma"], size, torus=not (rot or scale))
+    alpha = _dot_alpha(centers, params["sigma"], size, torus=not (rot or scale))
     lin = (np.arange(size) + 0.5) / size - 0.5
     gx, gy = params["gradient"]
     bg = np.asarray(params["bg"], np.float32) + (gx * lin[None, :, None] + gy * lin[:, None, None])
@@ -269,7 +269,7 @@ def _render_dots(cls: int, params: dict, frames: int, size: int) -> np.ndarray:
     return np.clip(img + noise, 0, 255).round().astype(np.uint8)
 
 
-def _splat_dots(centers: list, sigma: float, size: int, torus: bool) -> np.ndarray:
+def _dot_alpha(centers: list, sigma: float, size: int, torus: bool) -> np.ndarray:
     """Each frame's dots as Gaussian spots of peak 1, where they overlap the brighter one: ``float32 (T, S, S)``.
 
     Each dot is evaluated only over the window of 4 sigma around it (beyond that a spot is below 1/1000 of its
