@@ -22,7 +22,10 @@ from marvit.errors import InputError
 
 def _classes_arg(text: str) -> int | list[str]:
     """``--classes``: a count, or comma-separated class names (checked by the synth command)."""
-    return int(text) if text.strip().isdigit() else [n.strip() for n in text.split(",") if n.strip()]
+    try:
+        return int(text)
+    except ValueError:
+        return [n.strip() for n in text.split(",") if n.strip()]
 
 
 class _Parser(argparse.ArgumentParser):

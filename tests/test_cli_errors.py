@@ -32,6 +32,8 @@ def _cases(tmp):
         (["bench", "flops", "--preset", "vit_x"], "vit_x"),
         (["bench", "kernels", "--iters", "0"], "--iters"),
         (["synth", str(tmp / "s"), "--classes", "0"], "classes=0"),
+        (["synth", str(tmp / "s"), "--classes", "-1"], "classes=-1: must be in"),
+        (["synth", str(tmp / "s"), "--classes", "move_right,move_sideways"], "move_sideways"),
         (["visualize", "--video", str(tmp / "missing.mp4"), "--out", str(tmp / "v")], "missing.mp4"),
         (["doctor", "--out", "/proc/marvit_doctor"], "/proc/marvit_doctor"),
         (["demo", "--out", "/proc/marvit_demo", "--quick"], "/proc/marvit_demo"),
