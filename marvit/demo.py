@@ -63,14 +63,7 @@ def demo_config() -> Config:
 
 def _quick(cfg: Config, data: dict) -> tuple[Config, dict, int]:
     """Seconds instead of minutes: 3 classes, tiny clips, a couple of steps per phase."""
-    data = {
-        **data,
-        "classes": 3,
-        "per_class": 8,
-        "frames": 16,
-        "size": 32,
-        "val_fraction": 0.5,
-    }
+    data = {**data, "classes": 3, "per_class": 8, "frames": 16, "size": 32, "val_fraction": 0.5}
     cfg = copy.deepcopy(cfg)
     cfg.data.img_size = cfg.data.test_short_side = 32
     cfg.data.num_frames = 8
