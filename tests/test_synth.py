@@ -269,3 +269,21 @@ def test_bad_arguments_are_refused(tmp_path, capsys):
         make_synthetic(tmp_path, style="sparkles")
     assert synth.main(str(tmp_path), val_fraction=1.0) == 2
     assert "val_fraction=1.0" in capsys.readouterr().err
+
+
+def test_periodic_sampling_is_wrapped_bilinear_interpolation():
+    """The texture sampler against torch's bilinear grid_sample on the field padded by one wrapped row/column."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(3)
+    field = rng.normal(size=(12, 20))
+    y, x = rng.uniform(-50, 50, (2, 7, 9))  # far outside the field on both sides: exercises the wrap
+    ours = synth.sample_periodic(field, y, x)
+    n, m = field.shape
+    padded = torch.from_numpy(np.pad(field, ((0, 1), (0, 1)), mode="wrap"))[None, None]  # (1, 1, n+1, m+1)
+    yy, xx = torch.from_numpy(y % n), torch.from_numpy(x % m)  # into [0, n) x [0, m): inside the padded grid
+    grid = torch.stack([xx / m * 2 - 1, yy / n * 2 - 1], -1)[None]  # align_corners: -1..1 spans n+1 samples
+    ref = F.grid_sample(padded, grid, mode="bilinear", align_corners=True)[0, 0].numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-12)
+    np.testing.assert_array_equal(synth.sample_periodic(field, np.float64(13), np.float64(-19)), field[1, 1])

@@ -19,7 +19,7 @@ noisy background), is kept for comparison: its class is also the motion, but dot
 independently, so a masked tubelet cannot be predicted from its neighbours (``marvit.bench.redundancy``
 measures both).
 
-Videos are rendered with numpy/scipy and encoded to H.264 mp4 with PyAV. Per-video randomness comes from
+Videos are rendered with numpy and encoded to H.264 mp4 with PyAV. Per-video randomness comes from
 ``numpy.random.default_rng([seed, class, index])``, so a seed gives the same pixels whatever the number of
 worker processes. Output in OUT::
 
@@ -70,7 +70,6 @@ STYLES = ("textures", "dots")
 OCTAVES = 3  # layers; their frame frequencies span OCTAVES octaves above the coarsest
 FIELD = 128  # side of a layer's periodic noise field (field pixels)
 FIELD_FREQ = 1 / 16  # centre of a layer's frequency band, cycles per field pixel
-ORDER = 1  # spline order of the sampling: linear (the fields are band-limited well below their grid)
 BAND = 0.35  # the band's width: std of log2(frequency)
 EDGE_GAIN = 2.0  # sharpness of the edges between surfaces (tanh gain; 0 = none)
 COARSEST = 120.0  # wavelength (px at 64x64) of a layer at the bottom of the window, where its weight is 0
@@ -137,22 +136,34 @@ def _video_params(seed: int, cls: int, index: int, frames: int, size: int, style
 
 
 def _periodic_field(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Unit-variance periodic noise (n, n), band-limited around FIELD_FREQ (as spline coefficients of ORDER)."""
-    from scipy import ndimage
-
+    """Unit-variance periodic noise (n, n), band-limited around FIELD_FREQ."""
     fy, fx = np.fft.fftfreq(n)[:, None], np.fft.rfftfreq(n)[None, :]
     f = np.maximum(np.hypot(fx, fy), 1e-9)
     band = np.exp(-0.5 * (np.log2(f / FIELD_FREQ) / BAND) ** 2)
     spec = (rng.normal(size=f.shape) + 1j * rng.normal(size=f.shape)) * band
     x = np.fft.irfft2(spec, s=(n, n))
-    x /= x.std()
-    return ndimage.spline_filter(x, order=ORDER, mode="grid-wrap") if ORDER > 1 else x
+    return x / x.std()
+
+
+def sample_periodic(field: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Bilinear interpolation of a periodic ``field (n, m)`` at real coordinates ``y, x`` (any equal shape).
+
+    Sample (i, j) sits at coordinate (i, j) and the field repeats with its size (linear sampling is enough: the
+    fields are band-limited well below their grid); the same as ``scipy.ndimage.map_coordinates(field,
+    [y, x], order=1, mode="grid-wrap")``, which the tests hold it to where scipy is installed.
+    """
+    n, m = field.shape
+    y0, x0 = np.floor(y), np.floor(x)
+    fy, fx = y - y0, x - x0
+    i0, j0 = y0.astype(np.int64) % n, x0.astype(np.int64) % m
+    i1, j1 = (i0 + 1) % n, (j0 + 1) % m
+    top = field[i0, j0] * (1 - fx) + field[i0, j1] * fx
+    bottom = field[i1, j0] * (1 - fx) + field[i1, j1] * fx
+    return top * (1 - fy) + bottom * fy
 
 
 def _render_textures(cls: int, params: dict, frames: int, size: int) -> np.ndarray:
     """A smooth random colour texture moving with the flow of class ``cls``: ``uint8 (T, size, size, 3)``."""
-    from scipy import ndimage
-
     _, (dx, dy), rot, scale = CLASS_SPECS[cls]
     rng = np.random.default_rng(params["sim_seed"])
     fields = [[_periodic_field(rng, FIELD) for _ in range(OCTAVES)] for _ in range(2)]  # (2, OCTAVES)
@@ -174,9 +185,7 @@ def _render_textures(cls: int, params: dict, frames: int, size: int) -> np.ndarr
         weight = np.sin(np.pi * lam / OCTAVES)[:, None, None] ** 2  # 0 at both ends, where it wraps round
         s = (f_min * 2**lam / FIELD_FREQ)[:, None, None]  # field pixels per frame pixel
         for c in range(2):
-            coords = np.stack([py * s + offsets[c, j, 0], px * s + offsets[c, j, 1]])  # (2, T, S, S)
-            acc[c] += weight * ndimage.map_coordinates(fields[c][j], coords, order=ORDER, mode="grid-wrap",
-                                                       prefilter=False)  # fmt: skip
+            acc[c] += weight * sample_periodic(fields[c][j], py * s + offsets[c, j, 0], px * s + offsets[c, j, 1])
     # a pointwise squashing turns the smooth field into surfaces with soft edges between them (it commutes
     # with the motion, so every frame keeps the same law)
     acc = np.tanh(EDGE_GAIN * acc) / np.tanh(EDGE_GAIN) if EDGE_GAIN > 0 else acc
