@@ -185,7 +185,9 @@ def _render_textures(cls: int, params: dict, frames: int, size: int) -> np.ndarr
         weight = np.sin(np.pi * lam / OCTAVES)[:, None, None] ** 2  # 0 at both ends, where it wraps round
         s = (f_min * 2**lam / FIELD_FREQ)[:, None, None]  # field pixels per frame pixel
         for c in range(2):
-            acc[c] += weight * sample_periodic(fields[c][j], py * s + offsets[c, j, 0], px * s + offsets[c, j, 1])
+            acc[c] += weight * sample_periodic(
+                fields[c][j], py * s + offsets[c, j, 0], px * s + offsets[c, j, 1]
+            )
     # a pointwise squashing turns the smooth field into surfaces with soft edges between them (it commutes
     # with the motion, so every frame keeps the same law)
     acc = np.tanh(EDGE_GAIN * acc) / np.tanh(EDGE_GAIN) if EDGE_GAIN > 0 else acc
