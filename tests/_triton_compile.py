@@ -17,13 +17,21 @@ from typing import Any
 
 # Pointer arguments: "v" the data dtype, "i" int64 indices, "acc" the fp32 accumulator (grad W).
 _PTR_ARGS = {
-    "fwd": {"video_ptr": "v", "idx_ptr": "i", "w_ptr": "v", "bias_ptr": "v", "pos_ptr": "v", "out_ptr": "v"},
-    "grad_weight": {"video_ptr": "v", "idx_ptr": "i", "gout_ptr": "v", "gw_ptr": "acc"},
-    "grad_video": {"gout_ptr": "v", "idx_ptr": "i", "w_ptr": "v", "gvid_ptr": "v"},
+    "fwd": {
+        "video_ptr": "v",
+        "idx_ptr": "i",
+        "w_ptr": "v",
+        "bias_ptr": "v",
+        "pos_ptr": "v",
+        "out_ptr": "v",
+        "clip_ptr": "i",
+    },
+    "grad_weight": {"video_ptr": "v", "idx_ptr": "i", "gout_ptr": "v", "gw_ptr": "acc", "clip_ptr": "i"},
+    "grad_video": {"gout_ptr": "v", "idx_ptr": "i", "w_ptr": "v", "gvid_ptr": "v", "clip_ptr": "i"},
 }
 
 
-def compile_for_gpu(name: str, config: tuple, dtype: str, arch: int) -> int:
+def compile_for_gpu(name: str, config: tuple, dtype: str, arch: int, ragged: bool = False) -> int:
     """Compile kernel `name` with one config for `dtype` ("fp16"/"bf16"/"fp32"/"tf32") on CUDA sm_`arch`.
 
     Returns the shared memory the kernel needs in bytes, to check against the architecture's limit.
@@ -38,7 +46,7 @@ def compile_for_gpu(name: str, config: tuple, dtype: str, arch: int) -> int:
     fn = KERNELS[name]
     m, n, k, w, s = config
     constexprs: dict[str, Any] = {"TT": 2, "PH": 16, "PW": 16, "HAS_IDX": True, "DOT_PRECISION": "ieee",
-                                  "ACC_DTYPE": tl.float32, "BLOCK_M": m, "BLOCK_N": n,
+                                  "ACC_DTYPE": tl.float32, "RAGGED": ragged, "BLOCK_M": m, "BLOCK_N": n,
                                   "BLOCK_K": k}  # fmt: skip
     if name == "fwd":
         constexprs.update(HAS_BIAS=True, HAS_POS=True)
@@ -62,9 +70,9 @@ def compile_for_gpu(name: str, config: tuple, dtype: str, arch: int) -> int:
 
 
 def _one(job: tuple) -> list:
-    name, cfg, dtype, arch = job
+    name, cfg, dtype, arch, *ragged = job
     try:
-        return [name, list(cfg), dtype, arch, compile_for_gpu(name, cfg, dtype, arch), None]
+        return [name, list(cfg), dtype, arch, compile_for_gpu(name, cfg, dtype, arch, *ragged), None]
     except Exception as e:  # reported per job, so one failure does not hide the others
         return [name, list(cfg), dtype, arch, None, f"{type(e).__name__}: {e}"[:2000]]
 
@@ -83,11 +91,25 @@ def jobs() -> list[tuple]:
     return out + [(n, cs[0], "tf32", a) for n, cs in CONFIGS.items() for a in (80, 90)]
 
 
+def ragged_jobs() -> list[tuple]:
+    """The packed (RAGGED) variant of every kernel x config, bf16 and fp32, for sm_80 and sm_90."""
+    from marvit.kernels.patch_embed import CONFIGS
+
+    return [
+        (n, c, d, a, True)
+        for n, cs in CONFIGS.items()
+        for c in cs
+        for d in ("bf16", "fp32")
+        for a in (80, 90)
+    ]
+
+
 def main() -> None:
     from marvit.kernels.patch_embed import INTERPRETED
 
+    todo = ragged_jobs() if "--ragged" in sys.argv[1:] else jobs()
     with ProcessPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as ex:
-        results = list(ex.map(_one, jobs()))
+        results = list(ex.map(_one, todo))
     print(json.dumps({"interpreted": INTERPRETED, "results": results}))
 
 

@@ -31,6 +31,7 @@ helpers and kernels, their launchers (check, allocate, launch), the autograd Fun
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -254,6 +255,17 @@ def _token_ids(idx_ptr, b, offs_m, mask_m, s_ib, s_in, HAS_IDX: tl.constexpr):
 
 
 @_jit
+def _clip_ids(clip_ptr, b, offs_m, mask_m, RAGGED: tl.constexpr):
+    """The clip of rows `offs_m`: `b` itself, or (ragged: one packed (1, M) row of tokens from many clips)
+    each row's own clip id clip[m], read from the (M,) int64 table the launcher expands from the offsets."""
+    if RAGGED:
+        clip = tl.load(clip_ptr + offs_m, mask=mask_m, other=0).to(tl.int64)
+    else:
+        clip = b + tl.zeros_like(offs_m).to(tl.int64)
+    return clip
+
+
+@_jit
 def _tubelet_origin(
     b, tok, HN, WN,
     s_b, s_t, s_h, s_w,
@@ -297,11 +309,11 @@ def _store_2d(ptr, rows, cols, mask_r, mask_c, tile):
 
 @_jit
 def _fwd_kernel(
-    video_ptr, idx_ptr, w_ptr, bias_ptr, pos_ptr, out_ptr,
+    video_ptr, idx_ptr, w_ptr, bias_ptr, pos_ptr, out_ptr, clip_ptr,
     N_VIS, D, K, HN, WN,
     s_vb, s_vc, s_vt, s_vh, s_vw, s_ib, s_in,
     TT: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-    HAS_IDX: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_POS: tl.constexpr,
+    HAS_IDX: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_POS: tl.constexpr, RAGGED: tl.constexpr,
     DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
@@ -314,7 +326,8 @@ def _fwd_kernel(
     mask_m = offs_m < N_VIS
     mask_n = offs_n < D
     tok = _token_ids(idx_ptr, b, offs_m, mask_m, s_ib, s_in, HAS_IDX)
-    row_off = _tubelet_origin(b, tok, HN, WN, s_vb, s_vt, s_vh, s_vw, TT, PH, PW)  # (BLOCK_M,)
+    clip = _clip_ids(clip_ptr, b, offs_m, mask_m, RAGGED)  # this clip, or each packed row's own clip
+    row_off = _tubelet_origin(clip, tok, HN, WN, s_vb, s_vt, s_vh, s_vw, TT, PH, PW)  # (BLOCK_M,)
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
     for k0 in range(0, K, BLOCK_K):
@@ -335,11 +348,11 @@ def _fwd_kernel(
 
 @_jit
 def _grad_weight_kernel(
-    video_ptr, idx_ptr, gout_ptr, gw_ptr,
+    video_ptr, idx_ptr, gout_ptr, gw_ptr, clip_ptr,
     M_TOTAL, N_VIS, D, K, HN, WN,
     s_vb, s_vc, s_vt, s_vh, s_vw, s_ib, s_in,
     TT: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-    HAS_IDX: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    HAS_IDX: tl.constexpr, RAGGED: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     # grad W^T[k, d] = sum over all visible tokens r of pixels[r, k] * grad_out[r, d]; each program owns a
@@ -358,7 +371,8 @@ def _grad_weight_kernel(
         mask_r = offs_r < M_TOTAL
         b = (offs_r // N_VIS).to(tl.int64)
         tok = _token_ids(idx_ptr, b, offs_r % N_VIS, mask_r, s_ib, s_in, HAS_IDX)
-        row_off = _tubelet_origin(b, tok, HN, WN, s_vb, s_vt, s_vh, s_vw, TT, PH, PW)
+        clip = _clip_ids(clip_ptr, b, offs_r, mask_r, RAGGED)
+        row_off = _tubelet_origin(clip, tok, HN, WN, s_vb, s_vt, s_vh, s_vw, TT, PH, PW)
         a_t = _load_2d(video_ptr, col_off, row_off, mask_k, mask_r)  # (BLOCK_K, BLOCK_M) pixels, transposed
         g = _load_2d(gout_ptr, offs_r.to(tl.int64) * D, offs_n, mask_r, mask_n)  # (BLOCK_M, BLOCK_N)
         acc = tl.dot(a_t, g, acc, input_precision=DOT_PRECISION)
@@ -367,11 +381,11 @@ def _grad_weight_kernel(
 
 @_jit
 def _grad_video_kernel(
-    gout_ptr, idx_ptr, w_ptr, gvid_ptr,
+    gout_ptr, idx_ptr, w_ptr, gvid_ptr, clip_ptr,
     N_VIS, D, K, HN, WN,
     s_gb, s_gc, s_gt, s_gh, s_gw, s_ib, s_in,
     TT: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-    HAS_IDX: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    HAS_IDX: tl.constexpr, RAGGED: tl.constexpr, DOT_PRECISION: tl.constexpr, ACC_DTYPE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     # grad pixels[r, k] = sum_d grad_out[r, d] * W[d, k], stored straight into the visible tubelets of a
@@ -384,7 +398,8 @@ def _grad_video_kernel(
     mask_m = offs_m < N_VIS
     mask_k = offs_k < K
     tok = _token_ids(idx_ptr, b, offs_m, mask_m, s_ib, s_in, HAS_IDX)
-    row_off = _tubelet_origin(b, tok, HN, WN, s_gb, s_gt, s_gh, s_gw, TT, PH, PW)
+    clip = _clip_ids(clip_ptr, b, offs_m, mask_m, RAGGED)
+    row_off = _tubelet_origin(clip, tok, HN, WN, s_gb, s_gt, s_gh, s_gw, TT, PH, PW)
     col_off = _pixel_offset(offs_k, s_gc, s_gt, s_gh, s_gw, TT, PH, PW)
 
     out_rows = (b * N_VIS + offs_m) * D  # (BLOCK_M,) row offsets into the contiguous grad_out
@@ -456,12 +471,14 @@ def _launch(name: str, grid: Any, args: tuple, meta: dict[str, Any], config: Blo
         KERNELS[name][grid(blocks)](*args, **meta, **blocks, num_warps=w, num_stages=s)
 
 
-def _meta(g: Geometry, visible_idx: torch.Tensor | None, dtype: torch.dtype) -> dict[str, Any]:
+def _meta(
+    g: Geometry, visible_idx: torch.Tensor | None, dtype: torch.dtype, clip_ids: torch.Tensor | None = None
+) -> dict[str, Any]:
     """The constexprs every kernel takes."""
     # fp32 inputs follow torch's matmul precision setting, as F.linear does on the reference path.
     tf32 = dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest"
     acc = tl.float64 if dtype == torch.float64 else tl.float32
-    return dict(TT=g.tt, PH=g.ph, PW=g.pw, HAS_IDX=visible_idx is not None,
+    return dict(TT=g.tt, PH=g.ph, PW=g.pw, HAS_IDX=visible_idx is not None, RAGGED=clip_ids is not None,
                 DOT_PRECISION="tf32" if tf32 else "ieee", ACC_DTYPE=acc)  # fmt: skip
 
 
@@ -479,17 +496,32 @@ def _idx_args(visible_idx: torch.Tensor | None, like: torch.Tensor) -> tuple[tor
     return visible_idx, visible_idx.stride(0), visible_idx.stride(1)
 
 
+def _geometry(
+    video_shape: torch.Size, weight_shape: torch.Size, visible_idx: torch.Tensor | None,
+    clip_ids: torch.Tensor | None,
+) -> Geometry:  # fmt: skip
+    """The launch geometry. Ragged (``clip_ids`` given): visible_idx is one packed (1, M) row of tokens of
+    many clips, so the kernels run as one "clip" of M rows and read each row's clip from ``clip_ids``."""
+    g = Geometry.of(video_shape, weight_shape, visible_idx)
+    if clip_ids is None:
+        return g
+    if visible_idx is None or visible_idx.shape[0] != 1 or clip_ids.shape != (visible_idx.shape[1],):
+        raise ValueError("ragged launch: expected visible_idx (1, M) and clip_ids (M,)")
+    return dataclasses.replace(g, B=1)
+
+
 def _forward_triton(
     video: torch.Tensor,
     visible_idx: torch.Tensor | None,
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     pos: torch.Tensor | None,
+    clip_ids: torch.Tensor | None = None,
     *,
     config: BlockConfig | None = None,
 ) -> torch.Tensor:
-    """(B, N_vis, D) in video's dtype from checked arguments (pos as (N, D) or None)."""
-    g = Geometry.of(video.shape, weight.shape, visible_idx)
+    """(B, N_vis, D) in video's dtype from checked arguments (pos as (N, D) or None); ragged: (1, M, D)."""
+    g = _geometry(video.shape, weight.shape, visible_idx, clip_ids)
     w2 = weight.reshape(g.D, g.K).contiguous()  # (D, K), a view for the usual contiguous Conv3d weight
     out = torch.empty(g.B, g.N_vis, g.D, dtype=video.dtype, device=video.device)  # (B, N_vis, D)
     if out.numel() == 0:
@@ -497,8 +529,10 @@ def _forward_triton(
     pos_c = pos.contiguous() if pos is not None else None
     idx, s_ib, s_in = _idx_args(visible_idx, video)
     args = (video, idx, w2, bias if bias is not None else w2, pos_c if pos_c is not None else w2, out,
-            g.N_vis, g.D, g.K, g.Hn, g.Wn, *video.stride(), s_ib, s_in)  # fmt: skip
-    meta = dict(_meta(g, visible_idx, video.dtype), HAS_BIAS=bias is not None, HAS_POS=pos is not None)
+            clip_ids if clip_ids is not None else idx, g.N_vis, g.D, g.K, g.Hn, g.Wn, *video.stride(), s_ib, s_in)  # fmt: skip
+    meta = dict(
+        _meta(g, visible_idx, video.dtype, clip_ids), HAS_BIAS=bias is not None, HAS_POS=pos is not None
+    )
     grid = lambda blk: (triton.cdiv(g.N_vis, blk["BLOCK_M"]), triton.cdiv(g.D, blk["BLOCK_N"]), g.B)
     _launch("fwd", grid, args, meta, config)
     return out
@@ -509,19 +543,35 @@ def _grad_weight_triton(
     visible_idx: torch.Tensor | None,
     gout: torch.Tensor,
     weight_shape: torch.Size,
+    clip_ids: torch.Tensor | None = None,
     *,
     config: BlockConfig | None = None,
 ) -> torch.Tensor:
     """grad W (D, K) in fp32 (fp64 for fp64) from the video and a contiguous grad_out (B, N_vis, D)."""
-    g = Geometry.of(video.shape, weight_shape, visible_idx)
+    g = _geometry(video.shape, weight_shape, visible_idx, clip_ids)
     _require_rows(gout, g)
     gw = torch.empty(g.D, g.K, dtype=_acc_dtype(video.dtype), device=video.device)
     if g.B * g.N_vis == 0:
         return gw.zero_()
     idx, s_ib, s_in = _idx_args(visible_idx, video)
-    args = (video, idx, gout, gw, g.B * g.N_vis, g.N_vis, g.D, g.K, g.Hn, g.Wn, *video.stride(), s_ib, s_in)
+    args = (
+        video,
+        idx,
+        gout,
+        gw,
+        clip_ids if clip_ids is not None else idx,
+        g.B * g.N_vis,
+        g.N_vis,
+        g.D,
+        g.K,
+        g.Hn,
+        g.Wn,
+        *video.stride(),
+        s_ib,
+        s_in,
+    )
     grid = lambda blk: (triton.cdiv(g.K, blk["BLOCK_K"]), triton.cdiv(g.D, blk["BLOCK_N"]))
-    _launch("grad_weight", grid, args, _meta(g, visible_idx, video.dtype), config)
+    _launch("grad_weight", grid, args, _meta(g, visible_idx, video.dtype, clip_ids), config)
     return gw
 
 
@@ -530,20 +580,35 @@ def _grad_video_triton(
     visible_idx: torch.Tensor | None,
     weight: torch.Tensor,
     video_shape: torch.Size,
+    clip_ids: torch.Tensor | None = None,
     *,
     config: BlockConfig | None = None,
 ) -> torch.Tensor:
     """grad video (B, C, T, H, W) from a contiguous grad_out (B, N_vis, D): zero but at visible tubelets."""
     gvid = torch.zeros(video_shape, dtype=gout.dtype, device=gout.device)
-    g = Geometry.of(video_shape, weight.shape, visible_idx)
+    g = _geometry(video_shape, weight.shape, visible_idx, clip_ids)
     _require_rows(gout, g)
     if g.B * g.N_vis == 0:
         return gvid
     w2 = weight.reshape(g.D, g.K).contiguous()
     idx, s_ib, s_in = _idx_args(visible_idx, gvid)
-    args = (gout, idx, w2, gvid, g.N_vis, g.D, g.K, g.Hn, g.Wn, *gvid.stride(), s_ib, s_in)
+    args = (
+        gout,
+        idx,
+        w2,
+        gvid,
+        clip_ids if clip_ids is not None else idx,
+        g.N_vis,
+        g.D,
+        g.K,
+        g.Hn,
+        g.Wn,
+        *gvid.stride(),
+        s_ib,
+        s_in,
+    )
     grid = lambda blk: (triton.cdiv(g.N_vis, blk["BLOCK_M"]), triton.cdiv(g.K, blk["BLOCK_K"]), g.B)
-    _launch("grad_video", grid, args, _meta(g, visible_idx, gout.dtype), config)
+    _launch("grad_video", grid, args, _meta(g, visible_idx, gout.dtype, clip_ids), config)
     return gvid
 
 
@@ -556,7 +621,8 @@ class MaskedPatchEmbedFunction(torch.autograd.Function):
     """Triton forward and backward of the masked patch embedding (arguments already checked).
 
     Inputs: video (B, C, T, H, W), visible_idx (B, N_vis) or None, weight (D, C, t, p, p) in video's
-    dtype, bias (D,) or None, pos (N, D) or None. Every gradient comes back in its input's dtype; the
+    dtype, bias (D,) or None, pos (N, D) or None; ragged: visible_idx one packed (1, M) row and clip_ids
+    (M,) each row's clip (see `packed_patch_embed`). Every gradient comes back in its input's dtype; the
     bias and position sums accumulate in fp32 (fp64 for fp64 grad_out), as the kernels do.
     """
 
@@ -568,23 +634,26 @@ class MaskedPatchEmbedFunction(torch.autograd.Function):
         weight: torch.Tensor,
         bias: torch.Tensor | None,
         pos: torch.Tensor | None,
+        clip_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         ctx.bias_dtype = bias.dtype if bias is not None else None
         ctx.pos_meta = (pos.shape, pos.dtype) if pos is not None else None
-        ctx.save_for_backward(video, visible_idx, weight)
-        return _forward_triton(video, visible_idx, weight, bias, pos)  # (B, N_vis, D)
+        ctx.save_for_backward(video, visible_idx, weight, clip_ids)
+        return _forward_triton(
+            video, visible_idx, weight, bias, pos, clip_ids
+        )  # (B, N_vis, D); ragged (1, M, D)
 
     @staticmethod
     def backward(ctx: Any, gout: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        video, visible_idx, weight = ctx.saved_tensors
+        video, visible_idx, weight, clip_ids = ctx.saved_tensors
         gout = gout.contiguous().to(video.dtype)  # (B, N_vis, D)
-        need_video, _, need_w, need_b, need_pos = ctx.needs_input_grad
+        need_video, _, need_w, need_b, need_pos = ctx.needs_input_grad[:5]
         acc = _acc_dtype(gout.dtype)
         grad_video = grad_w = grad_b = grad_pos = None
         if need_video:
-            grad_video = _grad_video_triton(gout, visible_idx, weight, video.shape)
+            grad_video = _grad_video_triton(gout, visible_idx, weight, video.shape, clip_ids)
         if need_w:
-            grad_w = _grad_weight_triton(video, visible_idx, gout, weight.shape)
+            grad_w = _grad_weight_triton(video, visible_idx, gout, weight.shape, clip_ids)
             grad_w = grad_w.to(weight.dtype).view(weight.shape)
         if need_b:
             grad_b = gout.sum(dim=(0, 1), dtype=acc).to(ctx.bias_dtype)  # (D,)
@@ -598,7 +667,7 @@ class MaskedPatchEmbedFunction(torch.autograd.Function):
                 grad_pos = torch.zeros(shape[0], D, dtype=acc, device=gout.device)
                 grad_pos.index_add_(0, visible_idx.reshape(-1).long(), rows)
             grad_pos = grad_pos.to(dtype).view(shape)
-        return grad_video, None, grad_w, grad_b, grad_pos
+        return grad_video, None, grad_w, grad_b, grad_pos, None
 
 
 masked_patch_embed_triton = MaskedPatchEmbedFunction.apply
@@ -638,3 +707,123 @@ def masked_patch_embed(
         return _reference(video, visible_idx, weight, bias, pos, g)
     with torch.autocast(video.device.type, enabled=False):
         return masked_patch_embed_triton(video, visible_idx, weight, bias, pos)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Packed (ragged) batches: a different number of tokens per clip, all in one (M, D) sequence
+# ---------------------------------------------------------------------------------------------------
+
+
+def _check_packed(
+    video: torch.Tensor, tokens: torch.Tensor, cu_seqlens: torch.Tensor, weight: torch.Tensor,
+    bias: torch.Tensor | None, pos_embed: torch.Tensor | None, check_indices: bool | None,
+) -> tuple[Geometry, torch.Tensor | None]:  # fmt: skip
+    """Check a packed batch's index tensors, then everything else as for one (1, M) row of a padded batch."""
+    B = video.shape[0] if isinstance(video, torch.Tensor) and video.dim() == 5 else None
+    if (
+        not isinstance(tokens, torch.Tensor)
+        or tokens.dim() != 1
+        or tokens.dtype not in (torch.int64, torch.int32)
+    ):
+        raise InputError(f"tokens: expected an (M,) int64/int32 tensor, got {_shape(tokens)}")
+    if (
+        not isinstance(cu_seqlens, torch.Tensor)
+        or cu_seqlens.dim() != 1
+        or cu_seqlens.shape[0] != (B or 0) + 1
+    ):
+        raise InputError(
+            f"cu_seqlens: expected a (B + 1,) = ({(B or 0) + 1},) tensor, got {_shape(cu_seqlens)}"
+        )
+    g, pos = _check_args(video[:1], None, weight, bias, pos_embed, False)  # shapes, dtypes, devices
+    if tokens.device != video.device or cu_seqlens.device != video.device:
+        raise InputError(
+            f"tokens/cu_seqlens: on {tokens.device}/{cu_seqlens.device} but video is on {video.device}"
+        )
+    if check_indices is None:
+        check_indices = video.device.type == "cpu"  # on CUDA a value check would sync the host
+    if check_indices:
+        cu = cu_seqlens.tolist()
+        if cu[0] != 0 or cu[-1] != tokens.shape[0] or any(a > b for a, b in zip(cu, cu[1:])):
+            raise InputError(
+                f"cu_seqlens: expected non-decreasing offsets from 0 to M={tokens.shape[0]}, got {cu}"
+            )
+        if tokens.numel():
+            lo, hi = int(tokens.min()), int(tokens.max())
+            if lo < 0 or hi >= g.N:
+                raise InputError(f"tokens: values must lie in [0, {g.N}), got min {lo} and max {hi}")
+            step = tokens[1:] > tokens[:-1]  # strictly increasing within each clip (may drop at a clip start)
+            starts = torch.zeros_like(step)
+            inner = torch.as_tensor(cu[1:-1], dtype=torch.long, device=tokens.device) - 1
+            starts[inner[(inner >= 0) & (inner < step.numel())]] = True
+            if not bool((step | starts).all()):
+                raise InputError(
+                    "tokens: each clip's tokens must be strictly increasing (sorted, no repeats)"
+                )
+    return dataclasses.replace(g, B=B), pos
+
+
+def clip_ids_of(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
+    """(B + 1,) offsets -> (M,) int64 clip id of every packed row (no host sync: M is given)."""
+    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
+    clips = torch.arange(lengths.shape[0], device=cu_seqlens.device)
+    return torch.repeat_interleave(clips, lengths, output_size=total)
+
+
+def packed_patch_embed_reference(
+    video: torch.Tensor,
+    tokens: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    pos_embed: torch.Tensor | None,
+    check_indices: bool | None = None,
+) -> torch.Tensor:
+    """The plain twin of the ragged kernel (and the CPU path): gather each packed row's tubelet from its own
+    clip, one matmul, add positions. video (B, C, T, H, W), tokens (M,), cu_seqlens (B + 1,) -> (M, D)."""
+    g, pos = _check_packed(video, tokens, cu_seqlens, weight, bias, pos_embed, check_indices)
+    return _packed_reference(video, tokens, clip_ids_of(cu_seqlens, tokens.shape[0]), weight, bias, pos, g)
+
+
+def _packed_reference(
+    video: torch.Tensor, tokens: torch.Tensor, clip_ids: torch.Tensor, weight: torch.Tensor,
+    bias: torch.Tensor | None, pos: torch.Tensor | None, g: Geometry,
+) -> torch.Tensor:  # fmt: skip
+    x = rearrange(video, "b c (tn t) (hn h) (wn w) -> b tn hn wn c t h w", t=g.tt, h=g.ph, w=g.pw)
+    tok = tokens.long()
+    ti, hw = tok.div(g.Hn * g.Wn, rounding_mode="floor"), tok.remainder(g.Hn * g.Wn)
+    patches = x[clip_ids, ti, hw.div(g.Wn, rounding_mode="floor"), hw.remainder(g.Wn)]  # (M, C, t, p, p)
+    out = F.linear(
+        patches.reshape(-1, g.K), weight.reshape(g.D, g.K), None if bias is None else bias.to(weight.dtype)
+    )
+    if pos is not None:
+        out = out + pos[tok].to(out.dtype)  # (M, D)
+    return out
+
+
+def packed_patch_embed(
+    video: torch.Tensor,
+    tokens: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    pos_embed: torch.Tensor | None,
+    backend: str = "auto",
+    check_indices: bool | None = None,
+) -> torch.Tensor:
+    """`masked_patch_embed` for a packed batch whose clips keep different numbers of tokens: (M, D).
+
+    tokens (M,): every clip's kept token ids, ascending within a clip, clips one after another;
+    cu_seqlens (B + 1,): clip i owns rows cu_seqlens[i]:cu_seqlens[i + 1]. Row r equals row j of
+    `masked_patch_embed(video[i:i+1], tokens[cu[i]:cu[i+1]][None], ...)` for the clip i holding it. The Triton
+    kernels run the packed rows as one (1, M) row and read each row's clip from an (M,) table (the
+    ``RAGGED`` constexpr), so no padding and no per-clip launch.
+    """
+    if video.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+        dtype = torch.get_autocast_dtype("cuda")
+        video, weight = video.to(dtype), weight.to(dtype)
+    g, pos = _check_packed(video, tokens, cu_seqlens, weight, bias, pos_embed, check_indices)
+    clip_ids = clip_ids_of(cu_seqlens, tokens.shape[0])
+    if dispatch.patch_embed_path(video.device, video.dtype, backend) == "torch":
+        return _packed_reference(video, tokens, clip_ids, weight, bias, pos, g)
+    with torch.autocast(video.device.type, enabled=False):
+        return masked_patch_embed_triton(video, tokens[None], weight, bias, pos, clip_ids)[0]  # (M, D)
