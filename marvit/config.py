@@ -71,6 +71,8 @@ class ModelConfig:
     decoder_heads: int = 6
     # a checkpoint to start from (VideoMAE file, fine-tuned file, or a Hugging Face directory)
     pretrained: str | None = None
+    # RLT's learned run-length embedding, added to tokens that stand for a run of static tubelets
+    run_length_embed: bool = False
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> ModelConfig:
@@ -131,6 +133,11 @@ class MaskConfig:
     spatial: Literal["repeated", "random"] = "repeated"
     # cell running: time slices in running order ("fixed") or permuted per clip ("shuffled")
     temporal: Literal["fixed", "shuffled"] = "shuffled"
+    # drop the static tubelets (RLT) from the visible set: in training and evaluation (true), at evaluation
+    # only ("eval", training-free) or never (false); see docs/static.md
+    drop_static: bool | Literal["eval"] = False
+    static_threshold: float = 0.1  # mean |difference| to the previous slice, [0, 1] pixels
+    static_min_keep: float = 0.1  # a clip keeps at least this share of its visible tokens (at least 1)
 
     def validate(self, prefix: str = "mask") -> None:
         """The ranges only; which ratios a strategy and cell can express is masking's rule
@@ -140,6 +147,10 @@ class MaskConfig:
         r, q = self.cell
         if r <= 0 or q <= 0:
             raise ConfigError(f"{prefix}.cell={list(self.cell)}: both sides must be positive")
+        if self.static_threshold < 0:
+            raise ConfigError(f"{prefix}.static_threshold={self.static_threshold}: must be >= 0")
+        if not 0.0 < self.static_min_keep <= 1.0:
+            raise ConfigError(f"{prefix}.static_min_keep={self.static_min_keep}: must be in (0, 1]")
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from torch import nn
 
 from marvit.kernels.patch_embed import gather_tubelets
 from marvit.model.layers import Block, LayerNorm, run_blocks, sinusoid_table
+from marvit.model.packed import Ragged
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -42,6 +43,31 @@ class Decoder(nn.Module):
         x = torch.cat([x_vis + pos[visible_idx], mask_token.expand(b, n_t, -1) + pos[target_idx]], dim=1)
         x = run_blocks(self.blocks, x, self.grad_checkpointing)
         return self.head(self.norm(x[:, x.shape[1] - n_t :]))  # only the positions to reconstruct
+
+    def forward_packed(
+        self,
+        x_vis: torch.Tensor,
+        mask_token: torch.Tensor,
+        tokens: torch.Tensor,
+        seq: Ragged,
+        target_idx: torch.Tensor,
+    ) -> torch.Tensor:
+        """x_vis: (M, Dd) packed projected tokens with ids ``tokens`` (M,) and layout ``seq``; target_idx
+        (B, N_t) -> (B, N_t, out). Each clip's sequence is its own visible tokens then its N_t mask tokens,
+        as in :meth:`forward`, packed: clip i starts at cu_seqlens[i] + i * N_t."""
+        pos = self.pos_embed.to(x_vis.dtype)
+        b, n_t = target_idx.shape
+        m, dim = x_vis.shape
+        clips = torch.arange(b, device=x_vis.device)
+        vis_rows = torch.arange(m, device=x_vis.device) + seq.clip_ids * n_t  # (M,)
+        tgt_rows = (seq.cu_seqlens[1:] + clips * n_t)[:, None] + torch.arange(n_t, device=x_vis.device)
+        x = x_vis.new_zeros(m + b * n_t, dim)
+        x = x.index_put((vis_rows,), x_vis + pos[tokens])
+        x = x.index_put(
+            (tgt_rows.flatten(),), (mask_token.reshape(1, 1, dim) + pos[target_idx]).flatten(0, 1)
+        )
+        x = run_blocks(self.blocks, x, self.grad_checkpointing, seq.shifted(n_t))  # (M + B * N_t, Dd)
+        return self.head(self.norm(x[tgt_rows]))  # (B, N_t, out): only the positions to reconstruct
 
 
 def tubelet_targets(

@@ -18,7 +18,9 @@ from torch import nn
 
 from marvit.config import ModelConfig
 from marvit.kernels import masked_patch_embed
+from marvit.kernels.patch_embed import packed_patch_embed
 from marvit.model.layers import Block, LayerNorm, drop_path_schedule, run_blocks, sinusoid_table
+from marvit.model.packed import Packed
 
 
 class PatchEmbed(nn.Module):
@@ -45,10 +47,28 @@ class VisionTransformer(nn.Module):
             for i in range(cfg.depth)
         )
         self.norm = LayerNorm(cfg.embed_dim) if final_norm else nn.Identity()
+        # RLT's learned run-length embedding (off by default): row r - 1 is added to a token standing for a
+        # run of r tubelets at its place (itself and the static ones after it); zero at start, so switching it
+        # on changes nothing until it learns
+        self.run_length_embed: nn.Embedding | None = None
+        if cfg.run_length_embed:
+            self.run_length_embed = nn.Embedding(cfg.num_frames // cfg.tubelet_size, cfg.embed_dim)
+            nn.init.zeros_(self.run_length_embed.weight)
 
-    def forward(self, video: torch.Tensor, visible_idx: torch.Tensor | None = None) -> torch.Tensor:
-        """video: (B, C, T, H, W); visible_idx: (B, N_vis) sorted, or None for every token -> (B, N_vis, D)."""
+    def forward(self, video: torch.Tensor, visible_idx: torch.Tensor | Packed | None = None) -> torch.Tensor:
+        """video: (B, C, T, H, W); visible_idx: (B, N_vis) sorted, or None for every token -> (B, N_vis, D);
+        or a :class:`Packed` batch (a different count per clip) -> packed (M, D)."""
         w = self.patch_embed.proj
+        pos = self.pos_embed.to(video.dtype)
+        packed = isinstance(visible_idx, Packed)
         with torch.profiler.record_function("patch_embed"):  # a label for `marvit profile`; ~free otherwise
-            x = masked_patch_embed(video, visible_idx, w.weight, w.bias, self.pos_embed.to(video.dtype))
-        return self.norm(run_blocks(self.blocks, x))
+            if packed:
+                x = packed_patch_embed(
+                    video, visible_idx.tokens, visible_idx.cu_seqlens, w.weight, w.bias, pos
+                )
+            else:
+                x = masked_patch_embed(video, visible_idx, w.weight, w.bias, pos)
+        if self.run_length_embed is not None:  # a token without run information stands for itself (r = 1)
+            rl = visible_idx.run_length if packed else None
+            x = x + (self.run_length_embed.weight[0] if rl is None else self.run_length_embed(rl - 1))
+        return self.norm(run_blocks(self.blocks, x, seq=visible_idx.ragged() if packed else None))

@@ -17,6 +17,12 @@ import torch
 from torch import nn
 
 from marvit.model.layers import Block, LayerNorm, run_blocks
+from marvit.model.packed import Ragged, segment_mean
+
+
+def pool(x: torch.Tensor, seq: Ragged | None) -> torch.Tensor:
+    """Mean over each clip's tokens: (B, N, D) -> (B, D), or packed (M, D) with layout ``seq`` -> (B, D)."""
+    return x.mean(dim=1) if seq is None else segment_mean(x, seq)
 
 
 class LinearHead(nn.Module):
@@ -28,8 +34,9 @@ class LinearHead(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(dim, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N, D) -> (B, classes)
-        return self.fc(self.dropout(self.norm(x.mean(dim=1))))
+    def forward(self, x: torch.Tensor, seq: Ragged | None = None) -> torch.Tensor:
+        """(B, N, D), or packed (M, D) with layout ``seq`` -> (B, classes)."""
+        return self.fc(self.dropout(self.norm(pool(x, seq))))
 
 
 class BridgingClassifier(nn.Module):
@@ -47,7 +54,8 @@ class BridgingClassifier(nn.Module):
         self.fc = nn.Linear(width, num_classes)
         self.grad_checkpointing = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, N_vis, D) -> (B, classes)
-        x = self.proj(x)  # (B, N_vis, width)
-        x = run_blocks(self.blocks, x, self.grad_checkpointing)
-        return self.fc(self.dropout(self.norm(x.mean(dim=1))))
+    def forward(self, x: torch.Tensor, seq: Ragged | None = None) -> torch.Tensor:
+        """(B, N_vis, D), or packed (M, D) with layout ``seq`` -> (B, classes)."""
+        x = self.proj(x)  # (B, N_vis, width), or packed (M, width)
+        x = run_blocks(self.blocks, x, self.grad_checkpointing, seq)
+        return self.fc(self.dropout(self.norm(pool(x, seq))))

@@ -18,6 +18,8 @@ from timm.layers import Mlp
 from torch import nn
 
 from marvit.kernels import attention
+from marvit.kernels.attention import packed_attention
+from marvit.model.packed import Ragged
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
@@ -47,12 +49,15 @@ class Attention(nn.Module):
             self.q_bias = self.v_bias = None
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, N, D)
+    def forward(self, x: torch.Tensor, seq: Ragged | None = None) -> torch.Tensor:  # x: (B, N, D) or (M, D)
         if self.q_bias is not None:
             qkv_bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
             qkv = F.linear(x, self.qkv.weight, qkv_bias)
         else:
             qkv = self.qkv(x)
+        if seq is not None:  # packed (M, D): attention within each clip only
+            q, k, v = rearrange(qkv, "m (three h d) -> three m h d", three=3, h=self.num_heads).unbind(0)
+            return self.proj(packed_attention(q, k, v, seq.lengths).flatten(1))  # (M, D)
         q, k, v = rearrange(qkv, "b n (three h d) -> three b n h d", three=3, h=self.num_heads).unbind(0)
         x = attention(q, k, v)  # (B, N, H, Dh)
         return self.proj(rearrange(x, "b n h d -> b n (h d)"))
@@ -67,10 +72,12 @@ class DropPath(nn.Module):
         super().__init__()
         self.register_buffer("rate", torch.tensor(float(rate)), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, seq: Ragged | None = None) -> torch.Tensor:
         if not self.training:
             return x
         keep = 1.0 - self.rate.to(x.dtype)
+        if seq is not None:  # packed (M, D): one draw per clip, spread over its rows
+            return x * (x.new_empty(seq.batch).bernoulli_(keep)[seq.clip_ids] / keep)[:, None]
         mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)  # (B, 1, 1)
         return x * mask / keep
 
@@ -88,19 +95,28 @@ class Block(nn.Module):
         self.norm2 = LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+    def forward(self, x: torch.Tensor, seq: Ragged | None = None) -> torch.Tensor:
+        """x: (B, N, D), or packed (M, D) with its layout ``seq`` (LayerNorm and MLP run on it as it is)."""
+        if seq is None:
+            x = x + self.drop_path(self.attn(self.norm1(x)))
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        dp = self.drop_path if isinstance(self.drop_path, DropPath) else lambda h, _: h
+        x = x + dp(self.attn(self.norm1(x), seq), seq)
+        return x + dp(self.mlp(self.norm2(x)), seq)
 
 
-def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
+def run_blocks(
+    blocks: nn.ModuleList, x: torch.Tensor, checkpoint: bool = False, seq: Ragged | None = None
+) -> torch.Tensor:
     """Run ``blocks`` in order; with ``checkpoint`` (and grad enabled) keep only each block's input and
-    recompute its activations in backward: memory for compute, for the training-only heads."""
+    recompute its activations in backward: memory for compute, for the training-only heads. ``seq``: the
+    layout of a packed (M, D) ``x``."""
+    args = () if seq is None else (seq,)  # padded calls stay exactly as before
     for blk in blocks:
         if checkpoint and torch.is_grad_enabled():
-            x = torch.utils.checkpoint.checkpoint(blk, x, use_reentrant=False)
+            x = torch.utils.checkpoint.checkpoint(blk, x, *args, use_reentrant=False)
         else:
-            x = blk(x)
+            x = blk(x, *args)
     return x
 
 

@@ -23,6 +23,7 @@ from marvit.model.decoder import Decoder, tubelet_targets
 from marvit.model.encoder import VisionTransformer
 from marvit.model.heads import BridgingClassifier, LinearHead
 from marvit.model.layers import init_weights
+from marvit.model.packed import Packed
 
 # parameter-name prefixes of the reconstruction branch, which only training uses
 TRAIN_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token")
@@ -61,22 +62,33 @@ class MARModel(nn.Module):
                 self.head.fc.bias.mul_(self.head.INIT_SCALE)
 
     # ---- pieces -----------------------------------------------------------------------------------
-    def forward_features(self, video: torch.Tensor, visible_idx: torch.Tensor | None = None) -> torch.Tensor:
-        """video: (B, C, T, H, W) -> (B, N_vis, D), final-normed except in the linear-head layout."""
+    def forward_features(
+        self, video: torch.Tensor, visible_idx: torch.Tensor | Packed | None = None
+    ) -> torch.Tensor:
+        """video: (B, C, T, H, W) -> (B, N_vis, D) (packed (M, D) for a :class:`Packed` index), final-normed
+        except in the linear-head layout."""
         return self.encoder(video, visible_idx)
 
-    def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens: (B, N_vis, D) -> logits (B, classes)."""
+    def forward_head(
+        self, tokens: torch.Tensor, visible_idx: torch.Tensor | Packed | None = None
+    ) -> torch.Tensor:
+        """tokens: (B, N_vis, D), or packed (M, D) with its :class:`Packed` index -> logits (B, classes)."""
         if self.head is None:
             raise RuntimeError("this model has no classification head (model.head='none': pretraining)")
+        if isinstance(visible_idx, Packed):
+            return self.head(tokens, visible_idx.ragged())
         return self.head(tokens)
 
     def forward_decoder(
-        self, tokens: torch.Tensor, visible_idx: torch.Tensor | None, target_idx: torch.Tensor
+        self, tokens: torch.Tensor, visible_idx: torch.Tensor | Packed | None, target_idx: torch.Tensor
     ) -> torch.Tensor:
         """tokens: (B, N_vis, D); target_idx: (B, N_t) masked positions -> predictions (B, N_t, t*p*p*C)."""
         if not self.with_decoder:
             raise RuntimeError("this model was built without the reconstruction decoder (with_decoder=False)")
+        if isinstance(visible_idx, Packed):  # packed (M, D): each clip decodes its own kept tokens
+            x = self.encoder_to_decoder(tokens)
+            return self.decoder.forward_packed(x, self.mask_token, visible_idx.tokens, visible_idx.ragged(),
+                                               target_idx)  # fmt: skip
         if visible_idx is None:
             b, n = tokens.shape[:2]
             visible_idx = torch.arange(n, device=tokens.device).expand(b, n)
@@ -89,14 +101,16 @@ class MARModel(nn.Module):
     def forward(
         self,
         video: torch.Tensor,
-        visible_idx: torch.Tensor | None = None,
+        visible_idx: torch.Tensor | Packed | None = None,
         target_idx: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """``logits`` (B, classes) when the model has a head and, when ``target_idx`` is given, ``pred``."""
+        """``logits`` (B, classes) when the model has a head and, when ``target_idx`` is given, ``pred``.
+
+        ``visible_idx``: (B, N_vis), None (every token) or a :class:`Packed` batch (static tubelets dropped)."""
         tokens = self.forward_features(video, visible_idx)
         out = {}
         if self.head is not None:
-            out["logits"] = self.forward_head(tokens)
+            out["logits"] = self.forward_head(tokens, visible_idx)
         if target_idx is not None:
             out["pred"] = self.forward_decoder(tokens, visible_idx, target_idx)
         return out
@@ -122,7 +136,7 @@ class MARModel(nn.Module):
         return self.cfg.depth + 2
 
     def layer_id(self, name: str) -> int:
-        if name.startswith("encoder.patch_embed") or name.startswith("encoder.pos_embed"):
+        if name.startswith(("encoder.patch_embed", "encoder.pos_embed", "encoder.run_length_embed")):
             return 0
         if name.startswith("encoder.blocks."):
             return int(name.split(".")[2]) + 1
