@@ -35,7 +35,7 @@ def evaluate(model, loader, scheme: Scheme | None, device, amp_dtype=None, progr
         b = video.shape[0]
         if b not in masks:
             masks[b] = scheme.eval_indices(b, device) if scheme is not None else None
-        vis = masks[b]
+        vis = masks[b] if scheme is None else scheme.static_dropped(video, masks[b], train=False)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = model(video, vis)["logits"]
         probs_all.append(logits.float().softmax(-1))

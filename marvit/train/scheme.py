@@ -24,6 +24,8 @@ import torch
 
 from marvit.config import Config, MaskConfig
 from marvit.model import masking
+from marvit.model.packed import Packed
+from marvit.model.static import IMAGENET_STD, drop_static
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Scheme:
     decoder_keep: float  # share of the masked tokens the decoder reconstructs
     label_smoothing: float  # for hard labels (mixup's soft targets carry their own)
     eval_masked: bool  # evaluate under the evaluation mask (MAR) or on every token
+    pixel_std: tuple[float, ...] = IMAGENET_STD  # data.std: static tubelets are judged in [0, 1] pixels
 
     @property
     def with_decoder(self) -> bool:
@@ -64,6 +67,18 @@ class Scheme:
             return None
         m = self.mask
         return masking.eval_visible(m.strategy, m.ratio, self.grid, batch, cell=m.cell, device=device)
+
+    def static_dropped(
+        self, video: torch.Tensor, visible_idx: torch.Tensor | None, train: bool
+    ) -> torch.Tensor | Packed | None:
+        """``visible_idx`` minus each clip's static tubelets, packed, where ``mask.drop_static`` asks for it
+        (true: training and evaluation; "eval": evaluation only); otherwise ``visible_idx`` unchanged.
+        video: the (B, C, T, H, W) device batch after augmentation. One host sync (the per-clip counts)."""
+        m = self.mask
+        if not (m.drop_static is True or (m.drop_static == "eval" and not train)):
+            return visible_idx
+        return drop_static(video, visible_idx, self.grid, m.static_threshold, m.static_min_keep, self.pixel_std,
+                           with_run_length=True)  # fmt: skip
 
     def without_eval_mask(self) -> Scheme:
         """The same scheme evaluated on every token (``marvit eval --no-mask``)."""
@@ -105,5 +120,6 @@ def resolve(cfg: Config) -> tuple[Config, Scheme]:
         decoder_keep=tc.decoder_keep,
         label_smoothing=cfg.data.label_smoothing,
         eval_masked=tc.scheme == "mar" and n_masked > 0,
+        pixel_std=tuple(cfg.data.std),
     )
     return cfg, scheme

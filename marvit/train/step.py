@@ -34,6 +34,7 @@ def forward_loss(
     backward, unless the caller is inside ``no_sync``).
     """
     vis, tgt = scheme.train_indices(video.shape[0], generator, video.device)  # (B, N_vis), (B, N_t)
+    vis = scheme.static_dropped(video, vis, train=True)  # packed when mask.drop_static drops static tubelets
     with torch.autocast(video.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         out = model(video, vis, tgt)  # logits (B, classes) unless no head; pred (B, N_t, t*p*p*C)
     pixels = unwrap(model).targets(video, tgt) if tgt is not None else None
