@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.25, help="share of each class in val.csv")
     p.add_argument("--style", choices=["textures", "dots"], default="textures",
                    help="smooth moving textures (redundant, like natural video) or random dots (not)")  # fmt: skip
+    p.add_argument("--background", choices=["moving", "static"], default="moving",
+                   help="the whole scene moves, or textured objects move over a still background")  # fmt: skip
 
     from marvit.pipeline import encoding as E  # defaults only: no PyAV or numpy import
 

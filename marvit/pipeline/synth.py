@@ -26,6 +26,9 @@ worker processes. Output in OUT::
     videos/CLASS/CLASS_0000.mp4   train.csv  val.csv  (the ``list`` format: "relative/path label")
     classes.txt (one name per line, index order)   flip_map.json   synth.json (settings and counts)
 
+``background="static"`` (textures only) renders textured objects moving over a still background instead
+(:mod:`marvit.pipeline.synth_objects`): content with static tubelets, as natural video has.
+
 Direction-sensitive classes swap under a horizontal flip (right <-> left, clockwise <-> counter-clockwise);
 ``flip_map.json`` maps each class index (a JSON string key) to its index after a flip.
 """
@@ -65,6 +68,7 @@ CLASS_SPECS: list[tuple[str, tuple[float, float], int, int]] = [
 CLASS_NAMES = [c[0] for c in CLASS_SPECS]
 MAX_CLASSES = len(CLASS_SPECS)
 STYLES = ("textures", "dots")
+BACKGROUNDS = ("moving", "static")  # the whole scene moves, or objects move over a still background
 
 # textures: octave layers, each a periodic band-limited noise field sampled at a scale of its own
 OCTAVES = 3  # layers; their frame frequencies span OCTAVES octaves above the coarsest
@@ -310,9 +314,15 @@ def _dot_alpha(centers: list, sigma: float, size: int, torus: bool) -> np.ndarra
 
 
 def _make_one(job: tuple) -> tuple[str, int]:
-    out, rel, cls, index, seed, frames, size, style = job
+    out, rel, cls, index, seed, frames, size, style, background = job
     params = _video_params(seed, cls, index, frames, size, style)
-    data = encode_h264(render_video(cls, params, frames, size), fps=25, threads=1)
+    if background == "static":
+        from marvit.pipeline.synth_objects import render_objects
+
+        pixels = render_objects(cls, params, frames, size)
+    else:
+        pixels = render_video(cls, params, frames, size)
+    data = encode_h264(pixels, fps=25, threads=1)
     path = Path(out) / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, data)
@@ -323,9 +333,17 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def _check_args(per_class: int, frames: int, size: int, val_fraction: float, style: str) -> None:
+def _check_args(
+    per_class: int, frames: int, size: int, val_fraction: float, style: str, background: str = "moving"
+) -> None:
     if style not in STYLES:
         raise InputError(f"style={style!r}: expected one of {list(STYLES)}")
+    if background not in BACKGROUNDS:
+        raise InputError(f"background={background!r}: expected one of {list(BACKGROUNDS)}")
+    if background == "static" and style != "textures":
+        raise InputError(
+            f"background=static: objects over a still background need style=textures, not {style!r}"
+        )
     if per_class < 1:
         raise InputError(f"per_class={per_class}: must be >= 1")
     if frames < 2:
@@ -338,7 +356,7 @@ def _check_args(per_class: int, frames: int, size: int, val_fraction: float, sty
 
 def make_synthetic(out: str | Path, classes: int | Sequence[str] = 6, per_class: int = 24, frames: int = 32,
                    size: int = 64, seed: int = 0, val_fraction: float = 0.25, workers: int | None = None,
-                   progress: bool = True, style: str = "textures") -> dict:  # fmt: skip
+                   progress: bool = True, style: str = "textures", background: str = "moving") -> dict:  # fmt: skip
     """Render and encode the data set into ``out``; returns a summary dict (also written to synth.json).
 
     ``classes``: the first N rows of CLASS_SPECS, or a list of their names (labels follow the list's order;
@@ -347,7 +365,7 @@ def make_synthetic(out: str | Path, classes: int | Sequence[str] = 6, per_class:
     ``workers``: processes for rendering and encoding (default: the CPU count; 1 runs in this process).
     """
     specs = class_specs(classes)
-    _check_args(per_class, frames, size, val_fraction, style)
+    _check_args(per_class, frames, size, val_fraction, style, background)
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -361,7 +379,7 @@ def make_synthetic(out: str | Path, classes: int | Sequence[str] = 6, per_class:
         val_idx = set(order[:n_val].tolist())
         for i in range(per_class):
             rel = f"videos/{name}/{name}_{i:04d}.mp4"
-            jobs.append((str(out), rel, cls, i, seed, frames, size, style))
+            jobs.append((str(out), rel, cls, i, seed, frames, size, style, background))
             split_of[rel] = ("val" if i in val_idx else "train", label)
 
     workers = (os.cpu_count() or 1) if workers is None else workers
@@ -386,6 +404,7 @@ def make_synthetic(out: str | Path, classes: int | Sequence[str] = 6, per_class:
     summary = {
         "out": str(out),
         "style": style,
+        "background": background,
         "flip_safe": not unsafe,
         "classes": names,
         "per_class": per_class,
@@ -405,15 +424,16 @@ def make_synthetic(out: str | Path, classes: int | Sequence[str] = 6, per_class:
 
 
 def main(out: str, classes: int | Sequence[str] = 6, per_class: int = 24, frames: int = 32, size: int = 64, seed: int = 0,
-         val_fraction: float = 0.25, style: str = "textures") -> int:  # fmt: skip
+         val_fraction: float = 0.25, style: str = "textures", background: str = "moving") -> int:  # fmt: skip
     """``marvit synth``: make the data set and print a summary; 2 on bad arguments."""
     try:
-        s = make_synthetic(out, classes, per_class, frames, size, seed, val_fraction, style=style)
+        s = make_synthetic(out, classes, per_class, frames, size, seed, val_fraction, style=style,
+                           background=background)  # fmt: skip
     except ValueError as e:
         print(f"marvit synth: {e}", file=sys.stderr)
         return 2
     print(
-        f"synth ({s['style']}): {s['train']} train + {s['val']} val videos, {len(s['classes'])} classes "
+        f"synth ({s['style']}, {s['background']} background): {s['train']} train + {s['val']} val videos, {len(s['classes'])} classes "
         f"({', '.join(s['classes'])}), {s['frames']} frames at {s['size']}x{s['size']}, "
         f"{s['bytes'] / 1e6:.1f} MB in {s['seconds']:.1f} s -> {s['out']}"
     )
