@@ -76,7 +76,9 @@ def test_ragged_clips_equal_each_clip_alone():
     out = model(video, packed, tgt)
     pix = model.targets(video, tgt)
     loss = sum(
-        mar_loss(out["logits"][i : i + 1], labels[i : i + 1], out["pred"][i : i + 1], pix[i : i + 1], 0.5)["loss"]
+        mar_loss(out["logits"][i : i + 1], labels[i : i + 1], out["pred"][i : i + 1], pix[i : i + 1], 0.5)[
+            "loss"
+        ]
         for i in range(B)
     )
     loss.backward()
@@ -104,7 +106,9 @@ def test_run_length_embedding_off_by_default_and_learned_when_on():
     video = torch.randn(2, 3, 8, 32, 32, dtype=torch.float64)
     vis, tgt = _split(cfg_rl, 2)
     rl = torch.randint(1, cfg_rl.grid[0] + 1, (vis.numel(),))
-    packed = Packed(vis.reshape(-1), torch.tensor([0, vis.shape[1], 2 * vis.shape[1]]), (vis.shape[1],) * 2, rl)
+    packed = Packed(
+        vis.reshape(-1), torch.tensor([0, vis.shape[1], 2 * vis.shape[1]]), (vis.shape[1],) * 2, rl
+    )
     model(video, packed, tgt)["logits"].sum().backward()
     used = torch.unique(rl) - 1
     assert emb.weight.grad[used].abs().sum(1).gt(0).all()  # every run length present gets a gradient
@@ -140,5 +144,7 @@ def test_segment_mean_and_ragged_layout():
     seq = Ragged.of([2, 0, 3], "cpu")
     assert seq.cu_seqlens.tolist() == [0, 2, 2, 5] and seq.clip_ids.tolist() == [0, 0, 2, 2, 2]
     x = torch.arange(10, dtype=torch.float64).view(5, 2)
-    torch.testing.assert_close(segment_mean(x, seq), torch.tensor([[1.0, 2.0], [0.0, 0.0], [6.0, 7.0]]).double())
+    torch.testing.assert_close(
+        segment_mean(x, seq), torch.tensor([[1.0, 2.0], [0.0, 0.0], [6.0, 7.0]]).double()
+    )
     assert seq.shifted(4).lengths == (6, 4, 7)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from _train_util import tiny_config
 
-from marvit.config import ConfigError, load_config
+from marvit.config import ConfigError
 from marvit.model import make_mask, split_indices
 from marvit.model.masking import num_visible
 from marvit.model.packed import Packed
@@ -146,7 +146,9 @@ def test_scheme_drops_in_training_and_evaluation_or_evaluation_only(tmp_path):
         assert isinstance(dropped, Packed) == in_train
         ev = scheme.static_dropped(video, scheme.eval_indices(2, video.device), train=False)
         assert isinstance(ev, Packed)
-        assert all(n == 2 for n in ev.lengths)  # of 4 visible: the 2 of the first slice move, the rest are static
+        assert all(
+            n == 2 for n in ev.lengths
+        )  # of 4 visible: the 2 of the first slice move, the rest are static
     _, cfg = tiny_config(tmp_path, "train.scheme=standard", "mask.drop_static=true")
     _, scheme = resolve(cfg)
     alone = scheme.static_dropped(video, scheme.eval_indices(2, video.device), train=False)

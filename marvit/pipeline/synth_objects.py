@@ -39,13 +39,17 @@ def render_objects(cls: int, params: dict, frames: int, size: int) -> np.ndarray
     img = np.repeat(background[None], frames, axis=0)  # (T, S, S, 3)
     t = np.arange(frames, dtype=np.float64)
     for _ in range(n_obj):
-        radius = float(rng.uniform(0.09, 0.14) * size)
-        obj_params = dict(params, base=rng.uniform(60, 200, 3).tolist(), sim_seed=int(rng.integers(2**31)),
+        radius = float(rng.uniform(0.12, 0.17) * size)
+        scene = np.asarray(
+            params["base"]
+        )  # each channel 70-100 grey levels away from the scene's base colour
+        base = scene + np.where(scene > 127, -1, 1) * rng.uniform(70, 100, 3)
+        obj_params = dict(params, base=base.tolist(), sim_seed=int(rng.integers(2**31)),
                           colors=(np.asarray(params["colors"]) * rng.choice([-1.3, 1.3])).tolist())  # fmt: skip
         sprite = _still(obj_params, size)  # its texture, carried rigidly with the object
         sy, sx = rng.uniform(0, size, 2)  # where in its texture the object's center sits
         if rot == 0 and scale == 0:  # translation, wrapping round the frame
-            speed = float(rng.uniform(1.0, 2.0) * k)
+            speed = float(rng.uniform(2.0, 3.0) * k)
             unit = np.array([dx, dy]) / math.hypot(dx, dy)
             x0, y0 = rng.uniform(0, size, 2)
             cx, cy = (x0 + unit[0] * speed * t) % size, (y0 + unit[1] * speed * t) % size
@@ -53,10 +57,10 @@ def render_objects(cls: int, params: dict, frames: int, size: int) -> np.ndarray
             a0 = rng.uniform(0, 2 * math.pi)
             if rot != 0:  # orbit about the frame center (rot=+1: clockwise on screen, y down)
                 r = np.full(frames, rng.uniform(0.18, 0.36) * size)
-                a = a0 + rot * math.radians(rng.uniform(4.0, 6.0)) * t
+                a = a0 + rot * math.radians(rng.uniform(6.0, 9.0)) * t
             else:  # expansion / contraction about the center: log-radius wraps round in [8%, 50%] of the side
                 lo, hi = math.log(0.08 * size), math.log(0.5 * size)
-                r = np.exp(lo + (rng.uniform(lo, hi) - lo + scale * rng.uniform(0.04, 0.06) * t) % (hi - lo))
+                r = np.exp(lo + (rng.uniform(lo, hi) - lo + scale * rng.uniform(0.06, 0.09) * t) % (hi - lo))
                 a = np.full(frames, a0)
             cx, cy = center + r * np.cos(a), center + r * np.sin(a)
         for f in range(frames):
