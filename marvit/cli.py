@@ -195,6 +195,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="directory for encoding.json")
     _add_json(p)
 
+    p = bsub.add_parser("tokens", help="kept-token fraction per clip when static tubelets are dropped")
+    p.add_argument("--shards", required=True, help="a convert output directory or a shard pattern")
+    p.add_argument("--split", default="val")
+    p.add_argument("--frames", type=int, default=16, help="frames per clip")
+    p.add_argument("--size", type=int, default=224, help="center crop side (pixels)")
+    p.add_argument("--sampling-rate", type=int, default=4, help="frame stride")
+    p.add_argument("--clips", type=int, default=64, help="clips to measure")
+    p.add_argument(
+        "--thresholds", default="0.05,0.1,0.2", help="mask.static_threshold values, comma-separated"
+    )
+    p.add_argument("--backend", choices=["pyav", "dali"], default="pyav")
+    p.add_argument("--out", default=None, help="directory for tokens.json and tokens.md")
+    _add_json(p)
+
     p = bsub.add_parser("step", help="training and inference step time, standard vs MAR")
     _add_model_args(p)
     p.add_argument("--standard-preset", default=None, help="the standard scheme's preset (default: --preset)")
@@ -213,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", action="store_true", help="mask ratios 0, 25, 50, 75%% and a PNG")
     p.add_argument("--compile", action="store_true",
                    help="also time every job with its blocks compiled (train.compile), eager beside compiled")  # fmt: skip
+    p.add_argument("--shards", default=None,
+                   help="time on a batch of real clips from this convert output; with --variants adds MAR + static")  # fmt: skip
+    p.add_argument(
+        "--static-threshold", type=float, default=0.1, help="mask.static_threshold of MAR + static"
+    )
     p.add_argument("--out", default="bench_step", help="directory for step.json and the PNG")
     _add_json(p)
     return parser

@@ -23,7 +23,10 @@ allocated before it; ``activation_mb`` reports the saved-tensor count on a CPU a
 no reconstruction, as there is nothing masked) against the one standard model, and draws speedup and
 activation memory against the ratio. ``--compile`` adds, in the same run, every job with its blocks
 compiled (``train.compile``): eager and compiled ratios side by side, and each scheme's compiled-vs-eager
-speedup. Nothing here asserts a time.
+speedup. ``--variants --shards DIR`` adds MAR + static-tubelet dropping (``mask.drop_static`` at
+``--static-threshold``) on the same MAR model, and times every job on a batch of real clips from DIR (the
+kept-token count depends on the content); its FLOPs are counted on that batch (``marvit.bench.static``).
+Nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -228,6 +231,7 @@ def run(
     batch: int = 2, ratios: Iterable[float] = (0.5,), decoder_keep: float = 1.0, iters: int = 5,
     warmup: int = 1, device: str = "auto", progress: bool = True, checkpoint_heads: bool = False,
     variants: Iterable[tuple[float, bool]] | None = None, compile: bool = False,
+    static: float | None = None, video: torch.Tensor | None = None,
 ) -> dict:  # fmt: skip
     """Time the standard scheme against MAR at each ratio (one MAR model serves every ratio).
 
@@ -236,7 +240,11 @@ def run(
     ``compile``: every job also runs with its transformer blocks compiled (``train.compile``), on copies of
     the same weights, in the same interleaved loop; rows then come in eager and compiled pairs. Compilation
     happens in the warm-up iterations (at least 2 with ``compile``), and its time is reported apart.
+    ``static``: also time MAR + static dropping at this threshold (the first ratio, the first variant).
+    ``video``: a (B, C, T, H, W) batch of real normalized clips to time on (else random numbers).
     """
+    if video is not None:
+        batch, frames, size = video.shape[0], video.shape[2], video.shape[3]
     ratios = list(ratios)
     variants = list(variants) if variants is not None else [(decoder_keep, checkpoint_heads)]
     if iters < 1 or warmup < 0:
@@ -252,7 +260,7 @@ def run(
     mar_cfgs = [(*resolved_scheme("mar", preset, frames, size, batch, r, keep), ckpt)
                 for r in ratios for keep, ckpt in variants]  # fmt: skip
     gen = torch.Generator(device=dev).manual_seed(0)
-    video = torch.randn(batch, 3, frames, size, size, device=dev)  # (B, C, T, H, W), normalized-like
+    video = (torch.randn(batch, 3, frames, size, size) if video is None else video).to(dev)  # (B, C, T, H, W)
     label = torch.randint(0, std_cfg.model.num_classes, (batch,), device=dev)
 
     std_model = build_model(std_cfg.model, with_decoder=False, device=dev).train()
@@ -272,6 +280,14 @@ def run(
         for c, sch, ck in mar_cfgs:
             name = f"mar@{c.mask.ratio:g}/keep{c.train.decoder_keep:g}/ckpt{int(ck)}{tag}"
             jobs.append(_Job(name, "mar", m_model, m_opt, c, sch, ck, compiled))
+        if static is not None:  # the same MAR model, its visible set minus the static tubelets
+            from marvit.bench.static import with_static
+
+            c, sch, ck = mar_cfgs[0]
+            name = (
+                f"mar+static@{c.mask.ratio:g}/thr{static:g}/keep{c.train.decoder_keep:g}/ckpt{int(ck)}{tag}"
+            )
+            jobs.append(_Job(name, "mar", m_model, m_opt, c, with_static(sch, static), ck, compiled))
     times = {j.name: {"train": [], "infer": []} for j in jobs}
     memory: dict[str, dict] = {j.name: {} for j in jobs}
     first_ms: dict[str, float] = {}  # the first training step of each job (compilation included)
@@ -309,6 +325,15 @@ def run(
         eager_name = j.name.removesuffix("/compiled")
         r, keep = cfg.mask.ratio, cfg.train.decoder_keep
         fl = count_flops(cfg.model, "cell_running", r, train=True, decoder_keep=keep)
+        if j.scheme.mask.drop_static:  # content-dependent: counted on the batch (marvit.bench.static)
+            from marvit.bench.static import measured_flops
+
+            tr, inf = (
+                measured_flops(j.model, j.scheme, video, True),
+                measured_flops(j.model, j.scheme, video, False),
+            )
+            fl.update(visible_tokens=tr["visible_tokens"], train_gflops=tr["gflops"], gflops=inf["gflops"],
+                      infer_visible_tokens=inf["visible_tokens"])  # fmt: skip
         n_dec = fl["decoder_tokens"] if j.scheme.with_decoder else 0  # reconstructed tokens
         std_mem, mar_mem = dict(memory["standard"]), dict(memory[eager_name])
         # checkpointed blocks keep their inputs through checkpoint's own saved-tensor hooks, which hide
@@ -320,6 +345,7 @@ def run(
             kept_mb = batch * kept * 4 / 2**20
             mar_mem["saved_tensor_mb"] += kept_mb
         row = {
+            "static_threshold": j.scheme.mask.static_threshold if j.scheme.mask.drop_static else None,
             "mask_ratio": r,
             "decoder_keep": keep,
             "checkpoint_heads": checkpointed,
@@ -388,7 +414,8 @@ def _table(res: dict) -> str:
     lines = [head, " | ".join(cols), " | ".join("-" * len(c) for c in cols)]
     for r in res["results"]:
         tr, inf, act = r["train"], r["infer"], r["activation_mb"]
-        vals = [f"{r['mask_ratio']:g}", f"{r['decoder_keep']:g}", "yes" if r["checkpoint_heads"] else "no",
+        static = f"+static@{r['static_threshold']:g}" if r.get("static_threshold") is not None else ""
+        vals = [f"{r['mask_ratio']:g}{static}", f"{r['decoder_keep']:g}", "yes" if r["checkpoint_heads"] else "no",
                 "yes" if r.get("compiled") else "no",
                 str(r["visible_tokens"]), str(r["decoder_tokens"]),
                 f"{tr['standard_ms']:.0f}", f"{tr['mar_ms']:.0f}", f"{tr['speedup']:.2f}",
@@ -445,7 +472,8 @@ def plot(res: dict, path: Path) -> None:
 def main(
     preset: str, standard_preset: str | None, frames: int, size: int, batch: int, mask_ratio: float,
     decoder_keep: float, iters: int, warmup: int, device: str, sweep: bool, out: str | None, as_json: bool,
-    checkpoint_heads: bool = False, variants: bool = False, compile: bool = False,
+    checkpoint_heads: bool = False, variants: bool = False, compile: bool = False, shards: str | None = None,
+    static_threshold: float = 0.1,
 ) -> int:  # fmt: skip
     """``--variants``: the paper's setting (full decoder, nothing checkpointed) beside the training options
     (``--decoder-keep``, 0.5 unless given; checkpointed heads; both), all against one standard run."""
@@ -454,8 +482,14 @@ def main(
     if variants:
         keep = decoder_keep if decoder_keep < 1.0 else 0.5
         pairs = [(1.0, False), (keep, False), (1.0, True), (keep, True)]
+    video, static = None, None
+    if shards is not None:  # real clips: MAR + static dropping joins the variants (its tokens need content)
+        from marvit.bench.tokens import load_clips
+
+        video = load_clips(shards, "val", frames, size, 4, batch, "pyav")[0]
+        static = static_threshold if variants else None
     res = run(preset, standard_preset, frames, size, batch, ratios, decoder_keep, iters, warmup, device,
-              checkpoint_heads=checkpoint_heads, variants=pairs, compile=compile)  # fmt: skip
+              checkpoint_heads=checkpoint_heads, variants=pairs, compile=compile, static=static, video=video)  # fmt: skip
     if not sweep and not variants:  # one job: its numbers at the top level too
         res.update({k: res["results"][0][k] for k in ("mask_ratio", "visible_tokens", "decoder_tokens",
                                                       "train", "infer", "activation_mb")})  # fmt: skip
