@@ -149,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole system on the packaged demo (marvit/configs/demo.yaml)")
     p.add_argument("--out", default="demo_out", help="directory for the data, runs, report and plots")
     p.add_argument("--quick", action="store_true", help="a reduced run (seconds), as the tests use")
+    p.add_argument("--static", action="store_true",
+                   help="instead: standard, MAR and MAR + static-tubelet dropping on a static-background set (OUT/static)")  # fmt: skip
 
     p = sub.add_parser("visualize", help="masks and reconstructions of a clip")
     p.add_argument("--out", default="visualize_out")
