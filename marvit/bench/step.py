@@ -417,7 +417,7 @@ def _table(res: dict) -> str:
         static = f"+static@{r['static_threshold']:g}" if r.get("static_threshold") is not None else ""
         vals = [f"{r['mask_ratio']:g}{static}", f"{r['decoder_keep']:g}", "yes" if r["checkpoint_heads"] else "no",
                 "yes" if r.get("compiled") else "no",
-                str(r["visible_tokens"]), str(r["decoder_tokens"]),
+                f"{r['visible_tokens']:.4g}", str(r["decoder_tokens"]),
                 f"{tr['standard_ms']:.0f}", f"{tr['mar_ms']:.0f}", f"{tr['speedup']:.2f}",
                 f"{inf['standard_ms']:.0f}", f"{inf['mar_ms']:.0f}", f"{inf['speedup']:.2f}",
                 f"{tr['standard_gflops']:.0f}/{tr['mar_gflops']:.0f}", f"{act['standard']:.0f}",
