@@ -183,6 +183,7 @@ def infer_step(
 ) -> torch.Tensor:
     """No-grad forward in eval mode; MAR sees the evaluation mask at its ratio. Returns logits (B, classes)."""
     vis = scheme.eval_indices(video.shape[0], video.device)
+    vis = scheme.static_dropped(video, vis, train=False)  # packed when the scheme drops static tubelets
     with torch.autocast(video.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         return model(video, vis)["logits"]
 
