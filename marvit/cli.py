@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a reduced run (seconds), as the tests use")
     p.add_argument("--static", action="store_true",
                    help="instead: standard, MAR and MAR + static-tubelet dropping on a static-background set (OUT/static)")  # fmt: skip
+    p.add_argument("--epochs", type=int, default=None,
+                   help="with --static: fine-tuning epochs per run (default: the demo config's train.epochs)")  # fmt: skip
 
     p = sub.add_parser("visualize", help="masks and reconstructions of a clip")
     p.add_argument("--out", default="visualize_out")

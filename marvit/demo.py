@@ -99,11 +99,15 @@ def std_error(top1: float | None, n: int | None) -> float | None:
     return 100 * math.sqrt(p * (1 - p) / n)
 
 
-def main(out: str = "demo_out", quick: bool = False, static: bool = False) -> int:
+def main(out: str = "demo_out", quick: bool = False, static: bool = False, epochs: int | None = None) -> int:
     if static:  # standard, MAR and MAR + static dropping on a static-background set, in OUT/static
         from marvit.demo_static import main as static_main
 
-        return static_main(str(Path(out) / "static"), quick)
+        return static_main(str(Path(out) / "static"), quick, epochs)
+    if epochs is not None:
+        from marvit.errors import InputError
+
+        raise InputError("--epochs: only with --static (the default demo's schedule is fixed)")
     deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(THREADS)

@@ -43,7 +43,7 @@ def _entry(res: dict, gflops: float, train_gflops: float, tokens: float) -> dict
             "train_time_s": res["train_time_s"], "ms_per_step": 1e3 * res["train_time_s"] / max(1, res["steps"])}  # fmt: skip
 
 
-def run(out_dir: Path, quick: bool = False) -> dict:
+def run(out_dir: Path, quick: bool = False, epochs: int | None = None) -> dict:
     from marvit.bench.static import measured_flops
     from marvit.bench.tokens import measure
     from marvit.demo import THREADS, _quick, _run_phase, _val_clips, demo_config
@@ -58,6 +58,12 @@ def run(out_dir: Path, quick: bool = False) -> dict:
     cfg, data = demo_config(), dict(STATIC_DATA)
     if quick:
         cfg, data, _ = _quick(cfg, data)
+    if epochs is not None:
+        if epochs < 1:
+            from marvit.errors import InputError
+
+            raise InputError(f"--epochs={epochs}: must be >= 1")
+        cfg.train.epochs = epochs
     t_start = time.perf_counter()
     print(f"[demo --static 1/3] static-background data set -> {out_dir / 'data'}")
     make_synthetic(out_dir / "data", workers=THREADS, progress=False, **data)
@@ -79,7 +85,7 @@ def run(out_dir: Path, quick: bool = False) -> dict:
 
     print("[demo --static 3/3] FLOPs on validation clips, kept tokens, report")
     clips = _val_clips(cfg, 8 if quick else 64)
-    results: dict = {"data": {**data, "class_names": manifest["classes"]}, "quick": quick,
+    results: dict = {"data": {**data, "class_names": manifest["classes"]}, "quick": quick, "epochs": cfg.train.epochs,
                      "chance_top1": 100 / cfg.model.num_classes}  # fmt: skip
     for phase in PHASES:
         c, scheme = resolve(_phase_config(cfg, phase) if phase != "standard" else _std(cfg))
@@ -126,7 +132,7 @@ def _report(r: dict) -> str:
     v = r["mar_static_vs_mar"]
     k = r["kept_tokens"]
     return "\n".join([
-        f"# marvit demo --static ({'quick' if r['quick'] else 'full'})", "",
+        f"# marvit demo --static ({'quick' if r['quick'] else 'full'}, {r['epochs']} epochs per run)", "",
         f"{r['data']['classes']} classes of textured objects moving over a still background "
         f"({r['data']['size']}px); chance {r['chance_top1']:.1f}%.", "", *rows, "",
         f"MAR + static vs MAR: {v['step_speedup']:.2f}x per training step, GFLOPs x{v['gflops_ratio']:.2f} "
@@ -138,14 +144,14 @@ def _report(r: dict) -> str:
     ])  # fmt: skip
 
 
-def main(out: str = "demo_static_out", quick: bool = False) -> int:
+def main(out: str = "demo_static_out", quick: bool = False, epochs: int | None = None) -> int:
     from marvit.demo import THREADS
 
     deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(THREADS)
     try:
-        res = run(Path(out), quick)
+        res = run(Path(out), quick, epochs)
     finally:
         torch.use_deterministic_algorithms(deterministic)
         torch.set_num_threads(threads)

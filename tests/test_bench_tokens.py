@@ -98,3 +98,8 @@ def test_quick_static_demo_end_to_end(tmp_path):
     assert "drop_static: true" in cfg
     assert "| mar_static |" in (tmp_path / "static" / "report.md").read_text()
     assert torch.isfinite(torch.tensor(res["mar_static_vs_mar"]["step_speedup"]))
+
+
+def test_demo_epochs_only_with_static(tmp_path, capsys):
+    assert main(["demo", "--epochs", "3", "--out", str(tmp_path)]) == 2
+    assert "--epochs" in capsys.readouterr().err
