@@ -62,10 +62,9 @@ class Decoder(nn.Module):
         vis_rows = torch.arange(m, device=x_vis.device) + seq.clip_ids * n_t  # (M,)
         tgt_rows = (seq.cu_seqlens[1:] + clips * n_t)[:, None] + torch.arange(n_t, device=x_vis.device)
         x = x_vis.new_zeros(m + b * n_t, dim)
-        x = x.index_put((vis_rows,), x_vis + pos[tokens])
-        x = x.index_put(
-            (tgt_rows.flatten(),), (mask_token.reshape(1, 1, dim) + pos[target_idx]).flatten(0, 1)
-        )
+        x = x.index_put((vis_rows,), (x_vis + pos[tokens]).to(x.dtype))
+        masked = mask_token.reshape(1, 1, dim) + pos[target_idx]  # (B, N_t, Dd); an fp32 token under autocast
+        x = x.index_put((tgt_rows.flatten(),), masked.flatten(0, 1).to(x.dtype))
         x = run_blocks(self.blocks, x, self.grad_checkpointing, seq.shifted(n_t))  # (M + B * N_t, Dd)
         return self.head(self.norm(x[tgt_rows]))  # (B, N_t, out): only the positions to reconstruct
 
