@@ -225,7 +225,9 @@ def _convert_locked(o: ConvertOptions, listing: Listing, part: int, parts: int, 
         return done
 
     # Resume from the recorded shards that are still intact; anything else of this part's windows goes.
-    prog = Progress.resume(out, split, fp, span, windows, progress_name(split, part, parts))
+    # a part clears only its own windows (the last part also those past the end: an older, longer run's)
+    own = None if parts == 1 else range(windows.start, 10**6 if part == parts - 1 else windows.stop)
+    prog = Progress.resume(out, split, fp, span, own, progress_name(split, part, parts))
     if prog.shards:
         print(f"convert {tag}: resuming after {len(prog.shards)} complete shards (position {prog.start} of "
               f"{span[0]}..{span[1]})")  # fmt: skip

@@ -191,7 +191,7 @@ class Progress:
             self.start = self.span[0]
 
     @classmethod
-    def resume(cls, out: Path, split: str, fp: str, span: tuple[int, int], windows: range,
+    def resume(cls, out: Path, split: str, fp: str, span: tuple[int, int], windows: range | None,
                name: str | None = None) -> Progress:  # fmt: skip
         """The intact recorded shards of an earlier run of this part with the same fingerprint; removes
         everything else of the part's windows (temporary shards, unrecorded or damaged files)."""
