@@ -170,7 +170,9 @@ def _split_entries(manifest: dict | None, where: str, split: str) -> list[dict]:
     if manifest is None:
         raise ShardsMissing(f"{where}: no {MANIFEST}; is this a `marvit convert` output directory?")
     if split not in manifest["splits"]:
-        raise SplitMissing(f"{where}/{MANIFEST}: no split {split!r}; the manifest has {sorted(manifest['splits'])}")
+        raise SplitMissing(
+            f"{where}/{MANIFEST}: no split {split!r}; the manifest has {sorted(manifest['splits'])}"
+        )
     entries = manifest["splits"][split].get("shards", [])
     if not entries:
         raise InputError(f"{where}/{MANIFEST}: split {split!r} has no shards")
@@ -251,7 +253,9 @@ def check_shards(root: str | Path, split: str, checksums: bool = True) -> dict:
             manifest = load_manifest(str(root))
         except ValueError as e:
             raise InputError(str(e)) from None
-        return check_remote_shards(str(root), split, _split_entries(manifest, redact(str(root)), split), checksums)
+        return check_remote_shards(
+            str(root), split, _split_entries(manifest, redact(str(root)), split), checksums
+        )
     root = Path(root)
     manifest = load_manifest(root)
     if manifest is None:
