@@ -301,3 +301,33 @@ def test_urls_in_messages_carry_no_credentials(served):
     with pytest.raises(InputError) as e:
         check_shards(secret, "train")
     assert "hunter2" not in str(e.value) and "abcdef" not in str(e.value) and host in str(e.value)
+
+
+def test_a_shard_is_recorded_only_with_the_bytes_that_were_written(tmp_path, monkeypatch):
+    """Two writers of one shard name use different temporary files; a shard whose bytes on disk are not the
+    ones written (another process wrote over it) is not recorded."""
+    from marvit.pipeline import writer as W
+
+    out = tmp_path / "o"
+    out.mkdir()
+    a, b = W.ShardWriter(out, "train", 0), W.ShardWriter(out, "train", 0)
+    assert a.tmp != b.tmp and a.tmp.exists() and b.tmp.exists()
+    b.abandon()
+    a.add("train_0000000_x", b"not really a video", 0, {"label": "c0"})
+    real_index = W.write_index
+
+    def index_then_clobber(tar, idx):  # between the last write and the rename: someone else's bytes
+        real_index(tar, idx)
+        Path(tar).write_bytes(b"x" * Path(tar).stat().st_size)
+
+    monkeypatch.setattr(W, "write_index", index_then_clobber)
+    with pytest.raises(RuntimeError, match="train-000000.tar: its bytes on disk are not"):
+        a.finish()
+    monkeypatch.setattr(W, "write_index", real_index)
+    c = W.ShardWriter(out, "train", 1)
+    c.add("train_0000001_y", b"bytes", 1, {"label": "c1"})
+    rec = c.finish()
+    assert (
+        rec["sha256"] == _sha(out / "train-000001.tar")
+        and rec["bytes"] == (out / "train-000001.tar").stat().st_size
+    )
