@@ -54,6 +54,7 @@ from marvit.pipeline.listing import (
 )
 from marvit.pipeline.manifest import MANIFEST, check_split, load_manifest, writable_dir
 from marvit.pipeline.parts import (
+    PARTS_DIR,
     finished_part,
     parse_part,
     part_span,
@@ -213,9 +214,11 @@ def _convert_locked(o: ConvertOptions, listing: Listing, part: int, parts: int, 
     tag = f"{split}" if parts == 1 else f"{split} part {part}/{parts}"
 
     # Finished already? Then there is nothing to do but say so.
+    # (a part: its partial manifest, or the merged split when the merge has already happened)
+    done = (manifest or {}).get("splits", {}).get(split)
     done = (
-        (manifest or {}).get("splits", {}).get(split)
-        if parts == 1
+        done
+        if parts == 1 or (done and done.get("fingerprint") == fp)
         else finished_part(out, split, part, parts, fp)
     )
     if done and done.get("fingerprint") == fp and all(shard_ok(out, r) for r in done["shards"]):
@@ -263,6 +266,8 @@ def _convert_locked(o: ConvertOptions, listing: Listing, part: int, parts: int, 
     with manifest_lock(out):
         write_manifest(out, split, entry, classes, flip)
     prog.remove()
+    for p in (out / PARTS_DIR).glob(f"{split}.*of*.json"):  # an earlier splitting's parts: superseded
+        p.unlink()
     _warn_short(split, entry["short"])
     return entry
 

@@ -116,7 +116,10 @@ def _read_parts(out: Path, split: str) -> list[dict]:
             + (f" ({running} started: running, or killed and to be rerun)" if running else "")
             + "; run them (a killed part resumes), then merge again"
         )
-    recs = [json.loads(have[i].read_text()) for i in range(n)]
+    try:
+        recs = [json.loads(have[i].read_text()) for i in range(n)]
+    except (OSError, ValueError) as e:
+        raise InputError(f"{d}: a part's manifest cannot be read ({e}); rerun that part") from None
     first = recs[0]
     for i, r in enumerate(recs):
         for key in ("fingerprint", "classes", "order", "format"):
