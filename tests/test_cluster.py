@@ -331,3 +331,19 @@ def test_a_shard_is_recorded_only_with_the_bytes_that_were_written(tmp_path, mon
         rec["sha256"] == _sha(out / "train-000001.tar")
         and rec["bytes"] == (out / "train-000001.tar").stat().st_size
     )
+
+
+def test_a_pipe_root_streams_through_the_command(served):
+    """``pipe:COMMAND`` with ``{name}``: the shard check and the PyAV loader read through the command."""
+    from marvit.config import DataConfig
+    from marvit.pipeline import build_loader
+
+    root, _ = served
+    pipe = f"pipe:cat {root}/{{name}}"
+    assert check_shards(pipe, "train", checksums=True)["samples"] == 12
+    cfg = DataConfig(root=pipe, backend="pyav", num_frames=4, sampling_rate=2, img_size=32, test_short_side=32,
+                     test_clips=1, test_crops=1, batch_size=4, num_workers=0)  # fmt: skip
+    ids = [i for b in build_loader(cfg, "train", train=False) for i in b["video_id"].tolist()]
+    assert sorted(ids) == list(range(12))
+    with pytest.raises(InputError, match="a pipe: root needs"):
+        check_shards(f"pipe:cat {root}/manifest.json", "train")

@@ -30,6 +30,7 @@ import os
 import re
 import secrets
 import tarfile
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -147,7 +148,11 @@ def _remote_size(url: str) -> int | None:
     try:
         with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=30) as r:
             n = r.headers.get("Content-Length")
-    except Exception as e:  # noqa: BLE001 - a missing shard is the check's finding, named below
+    except urllib.error.HTTPError as e:
+        if e.code in (404, 410):  # the shard is not there: the check's finding, named by the caller
+            raise OSError(f"{redact(url)}: HTTP {e.code} {e.reason}") from None
+        return None  # e.g. 401/403: curl may hold credentials (~/.netrc) that urllib does not read
+    except Exception as e:  # noqa: BLE001 - no connection: the check's finding
         raise OSError(f"{redact(url)}: {getattr(e, 'reason', e)}") from None
     return int(n) if n is not None and n.isdigit() else None
 
