@@ -118,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--short", choices=["keep", "skip"], default="keep",
                    help="what to do with short clips; both list them in the manifest")  # fmt: skip
     p.add_argument("--workers", type=int, default=2, help="encoding processes")
+    p.add_argument("--part", default="0/1",
+                   help="I/N: convert part I (from 0) of N, e.g. a Slurm array task; then `marvit manifest "
+                        "merge OUT` (docs/cluster.md)")  # fmt: skip
+
+    p = sub.add_parser("manifest", help="a conversion's manifest: merge the parts of a split")
+    msub = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    m = msub.add_parser("merge", help="check that every part of a split finished; write the one manifest")
+    m.add_argument("out", help="the `marvit convert` output directory the parts wrote to")
+    m.add_argument("--split", default="train", help="the split whose parts to merge")
 
     p = sub.add_parser("verify", help="check every shard against the manifest")
     p.add_argument("out", help="a `marvit convert` output directory")
@@ -224,6 +233,7 @@ COMMANDS = {
     "synth": "marvit.pipeline.synth:main",
     "convert": "marvit.pipeline.convert:convert",
     "verify": "marvit.pipeline.convert:verify",
+    "manifest": "marvit.pipeline.parts:{action}",
     "demo": "marvit.demo:main",
     "visualize": "marvit.bench.visualize:main",
 }
@@ -249,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             # the config's own checks, then those that need the data or the device, before any work
             cfg = load_config(args.pop("config"), args.pop("overrides"))
             return _call(CONFIG_COMMANDS[cmd], cfg=cfg, **args)
+        if cmd == "manifest":
+            return _call(COMMANDS[cmd].format(action=args.pop("action")), **args)
         return _call(COMMANDS[cmd], **args)
     except InputError as e:
         if debug:

@@ -151,7 +151,8 @@ class MaskConfig:
 class DataConfig:
     """Shards, sampling and augmentation. ``root`` is a ``marvit convert`` output directory."""
 
-    root: str | None = None
+    root: str | None = None  # a directory, or a URL / pipe: command (pipeline/remote.py)
+    cache_dir: str | None = None  # local disk DALI stages a remote root's shards to (verified, node-shared)
     # "auto": DALI on a GPU, PyAV on a CPU (measured faster there); "cached": decode a split once into
     # memory, augment per epoch (small data sets); "synthetic": clips generated in memory, no files
     backend: Literal["auto", "dali", "pyav", "cached", "synthetic"] = "auto"

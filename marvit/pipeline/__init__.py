@@ -135,6 +135,9 @@ def build_loader(
     kw = dict(train=train, rank=rank, world_size=world_size, device=device, seed=seed, epoch=epoch)
     if backend == "dali":
         from marvit.pipeline.dali_loader import DaliLoader
+        from marvit.pipeline.shards import local_shards
+
+        shard_set = local_shards(shard_set, data_cfg.cache_dir, rank, world_size)  # remote: staged, verified
 
         return DaliLoader(shard_set, data_cfg, **kw)
     if backend == "cached":  # decoded once into memory, augmented per epoch (small data sets: the demo)

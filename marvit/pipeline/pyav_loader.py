@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from marvit.config import DataConfig
 from marvit.pipeline import sampling
 from marvit.pipeline.augment import AugmentRecipe, ClipTrainAugment, clip_test_views, erase_clips_, normalize
+from marvit.pipeline.remote import shard_samples
 from marvit.pipeline.shards import ShardSet, SkipLog, batch_seed, epoch_order, parse_meta
 
 SHUFFLE_BUFFER = 256  # samples (encoded) per worker
@@ -132,7 +133,7 @@ class _ClipStream(IterableDataset):
         open_: list[Iterator] = []
 
         def opened(u: str) -> Iterator:
-            return wds.tarfile_to_samples(handler=wds.warn_and_continue)(iter([{"url": u}]))
+            return shard_samples(u, handler=wds.warn_and_continue)  # a local file or a URL (remote.py)
 
         for u in itertools.islice(todo, OPEN_SHARDS if self.train else 1):
             open_.append(opened(u))

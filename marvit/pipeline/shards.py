@@ -26,6 +26,7 @@ import numpy as np
 
 from marvit.errors import InputError
 from marvit.pipeline.manifest import MANIFEST, index_path, load_manifest, read_index, sha256_file
+from marvit.pipeline.remote import check_remote_shards, file_url, is_remote, redact, stage_shards
 
 
 class ShardsMissing(InputError, FileNotFoundError):
@@ -47,6 +48,9 @@ class ShardSet:
     counts: list[int]
     index_paths: list[str] | None
     classes: list[str] | None = None
+    # a URL root (remote.py): the manifest's rows of the shards (name, samples, sha256, bytes), which
+    # staging to data.cache_dir verifies against; None for local shards
+    remote: list[dict] | None = None
     starts: list[int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -124,6 +128,8 @@ def batch_seed(*parts: int) -> int:
 
 def find_shards(source: str | Path, split: str = "train") -> ShardSet:
     """A convert output directory (uses ``manifest.json`` and ``split``) or a shard pattern."""
+    if is_remote(source):
+        return _find_remote(str(source), split)
     src = Path(source)
     if src.is_dir():
         mpath = src / MANIFEST
@@ -158,6 +164,45 @@ def find_shards(source: str | Path, split: str = "train") -> ShardSet:
             )
         counts = [len(read_index(p)) for p in idx]
     return ShardSet(urls=urls, counts=counts, index_paths=idx if has_idx else None, classes=classes)
+
+
+def _split_entries(manifest: dict | None, where: str, split: str) -> list[dict]:
+    if manifest is None:
+        raise ShardsMissing(f"{where}: no {MANIFEST}; is this a `marvit convert` output directory?")
+    if split not in manifest["splits"]:
+        raise SplitMissing(
+            f"{where}/{MANIFEST}: no split {split!r}; the manifest has {sorted(manifest['splits'])}"
+        )
+    entries = manifest["splits"][split].get("shards", [])
+    if not entries:
+        raise InputError(f"{where}/{MANIFEST}: split {split!r} has no shards")
+    return entries
+
+
+def _find_remote(root: str, split: str) -> ShardSet:
+    """The split's shards under a URL root: URLs, counts and checksums from its manifest; no local index
+    (the PyAV loader numbers samples by position; DALI reads the staged copies, see remote.py)."""
+    try:
+        manifest = load_manifest(root)
+    except ValueError as e:
+        raise ShardsMissing(str(e)) from None
+    entries = _split_entries(manifest, redact(root), split)
+    return ShardSet(urls=[file_url(root, e["name"]) for e in entries], counts=[int(e["samples"]) for e in entries],
+                    index_paths=None, classes=manifest["classes"], remote=entries)  # fmt: skip
+
+
+def local_shards(shards: ShardSet, cache_dir: str | None, rank: int = 0, world_size: int = 1) -> ShardSet:
+    """``shards`` as local files for a reader of local files only (DALI): remote shards are staged into
+    ``cache_dir`` (verified against the manifest, see remote.py); local ones are returned as they are."""
+    if shards.remote is None:
+        return shards
+    if not cache_dir:
+        raise InputError(
+            f"data.root: shards at {redact(shards.urls[0])}... are remote and DALI reads local files only: "
+            "set data.cache_dir to a local directory to stage the shards in (or use data.backend=pyav)"
+        )
+    paths, idx = stage_shards(shards.urls, shards.remote, cache_dir, rank, world_size)
+    return ShardSet(urls=paths, counts=list(shards.counts), index_paths=idx, classes=shards.classes)
 
 
 def parse_meta(json_bytes: bytes, cls_bytes: bytes, where: str) -> tuple[int, int]:
@@ -203,6 +248,14 @@ def check_shards(root: str | Path, split: str, checksums: bool = True) -> dict:
     differs and how; returns ``{"split", "shards", "samples", "bytes", "checksums": bool,
     "incomplete": int}`` (``incomplete``: samples lacking an mp4/cls/json member, which the loaders skip).
     """
+    if is_remote(root):
+        try:
+            manifest = load_manifest(str(root))
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        return check_remote_shards(
+            str(root), split, _split_entries(manifest, redact(str(root)), split), checksums
+        )
     root = Path(root)
     manifest = load_manifest(root)
     if manifest is None:

@@ -36,7 +36,7 @@ from marvit.pipeline.manifest import atomic_write_bytes, load_manifest, writable
 RESUMABLE_CHANGES = {
     "train.out_dir", "train.resume", "train.device", "train.log_interval", "train.eval_interval",
     "train.save_interval", "train.keep_last", "train.allow_config_change", "train.compile",
-    "data.root", "data.num_workers", "data.backend", "model.pretrained",
+    "data.root", "data.cache_dir", "data.num_workers", "data.backend", "model.pretrained",
 }  # fmt: skip
 
 
