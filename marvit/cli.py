@@ -144,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "--compile", action="store_true", help="compile the transformer blocks (train.compile)"
             )
 
-    p = sub.add_parser("recipe", help="the recipe a run would train on N GPUs, beside the official run, and its cost")
+    p = sub.add_parser(
+        "recipe", help="the recipe a run would train on N GPUs, beside the official run, and its cost"
+    )
     p.add_argument("config", help="a YAML config (configs/*.yaml)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides, before or after the options")
     p.add_argument("--gpus", type=int, required=True, help="the number of GPUs (processes) of the run")

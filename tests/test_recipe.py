@@ -62,7 +62,12 @@ def test_shipped_config_matches_its_official_run_field_by_field(path):
     recipe = resolve_recipe(cfg, world=8, train_videos=100_000)
     for key, (want, source) in OFFICIAL[path.stem].items():
         have = getattr(recipe, key)
-        assert have == pytest.approx(want) if isinstance(want, float) else have == want, (key, have, want, source)
+        assert have == pytest.approx(want) if isinstance(want, float) else have == want, (
+            key,
+            have,
+            want,
+            source,
+        )
 
 
 @pytest.mark.parametrize("name,key,want,source", HEADLINE, ids=[f"{r[0]}.{r[1]}" for r in HEADLINE])
@@ -101,7 +106,10 @@ def test_recipe_command_keeps_the_global_batch_at_any_gpu_count(capsys):
 
 
 def test_recipe_table_marks_a_difference(capsys):
-    assert cli(["recipe", str(ROOT / "configs/k400_vit_b_mar.yaml"), "--gpus", "8", "train.layer_decay=0.75"]) == 0
+    assert (
+        cli(["recipe", str(ROOT / "configs/k400_vit_b_mar.yaml"), "--gpus", "8", "train.layer_decay=0.75"])
+        == 0
+    )
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.strip().startswith("layer_decay "))
     assert "* official 0.65" in line and "differ from the official run: layer_decay" in out
@@ -140,8 +148,14 @@ def test_layer_decay_scope_weights_only_or_every_parameter():
         # block 0 is layer 1 of 0..depth+1: its weights get 0.5 ** (5 - 1 - 1)
         assert by_name["encoder.blocks.0.attn.qkv.weight"]["lr_scale"] == pytest.approx(0.5**3)
         assert by_name["encoder.patch_embed.proj.weight"]["lr_scale"] == pytest.approx(0.5**4)
-        for name in ("encoder.blocks.0.attn.q_bias", "encoder.blocks.0.norm1.weight", "encoder.blocks.0.mlp.fc1.bias"):
-            want = 1.0 if scope == "weights" else 0.5**3  # the official optimizer: biases and norms at full rate
+        for name in (
+            "encoder.blocks.0.attn.q_bias",
+            "encoder.blocks.0.norm1.weight",
+            "encoder.blocks.0.mlp.fc1.bias",
+        ):
+            want = (
+                1.0 if scope == "weights" else 0.5**3
+            )  # the official optimizer: biases and norms at full rate
             assert by_name[name]["lr_scale"] == pytest.approx(want), (scope, name)
 
 
@@ -250,7 +264,9 @@ def test_ablation_file_resolves_builds_and_trains_one_step(path, tmp_path):
     overrides = list(TINY)
     if raw.model.pretrained:  # Table IX(b): an ImageNet ViT's state dict, inflated on load
         _timm_image_vit(tmp_path / "vit.safetensors")
-        overrides[overrides.index("model.pretrained=null")] = f"model.pretrained={tmp_path / 'vit.safetensors'}"
+        overrides[overrides.index("model.pretrained=null")] = (
+            f"model.pretrained={tmp_path / 'vit.safetensors'}"
+        )
     cfg, scheme = resolve(load_config(path, overrides))
     model = build_model(cfg.model, with_decoder=scheme.with_decoder)
     if cfg.model.pretrained:
@@ -273,8 +289,14 @@ def test_ablation_switches_change_what_they_name():
 
     files = {p.stem: load_config(p) for p in ABLATIONS}
     assert [files[f"t3b_test_mask_start{i}"].mask.eval_start for i in range(4)] == [0, 1, 2, 3]
-    assert files["t6_linear_classifier"].model.head == "linear" and files["t6_mlp_classifier"].model.head == "mlp"
-    assert files["t7_bridging_pos_embed"].model.bridge_pos_embed and files["t7_bridging_mask_tokens"].model.bridge_mask_tokens
+    assert (
+        files["t6_linear_classifier"].model.head == "linear"
+        and files["t6_mlp_classifier"].model.head == "mlp"
+    )
+    assert (
+        files["t7_bridging_pos_embed"].model.bridge_pos_embed
+        and files["t7_bridging_mask_tokens"].model.bridge_mask_tokens
+    )
     assert files["t8_unnormalized_targets"].train.normalize_targets is False
     assert files["t8_random_decoder"].model.decoder_init == "random"
     cfg = load_config(ABLATIONS[0], TINY + ["model.head=mlp"])
@@ -308,7 +330,9 @@ def test_unnormalized_targets_are_the_raw_pixels_of_each_tubelet():
     g = torch.Generator().manual_seed(0)
     video = torch.randn(2, 3, 4, 32, 32, generator=g)
     idx = torch.tensor([[0, 3, 5], [1, 2, 7]])
-    raw = video * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1) + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1)
+    raw = video * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1) + torch.tensor(IMAGENET_MEAN).view(
+        1, 3, 1, 1, 1
+    )
     ref = rearrange(raw, "b c (t p0) (h p1) (w p2) -> b (t h w) (p0 p1 p2 c)", p0=2, p1=16, p2=16)
     ref = torch.gather(ref, 1, idx[..., None].expand(-1, -1, ref.shape[-1]))
     torch.testing.assert_close(tubelet_targets(video, 2, 16, idx, normalize=False), ref)
@@ -350,8 +374,9 @@ def test_imagenet_vit_inflated_to_tubelets_embeds_a_still_clip_as_the_image(tmp_
     from marvit.model import load_pretrained
 
     torch.manual_seed(0)
-    vit = VisionTransformer(img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2, num_classes=10).eval()
-    _timm_image_vit(tmp_path / "v.safetensors")  # a second, saved ViT of the same shape
+    vit = VisionTransformer(
+        img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=2, num_classes=10
+    ).eval()
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(tmp_path / "v.safetensors"))
@@ -368,3 +393,33 @@ def test_imagenet_vit_inflated_to_tubelets_embeds_a_still_clip_as_the_image(tmp_
     # a block: the dropped k bias adds one constant per query to its scores, which softmax cancels
     tokens = torch.randn(2, 5, 32)
     torch.testing.assert_close(model.encoder.blocks[0](tokens), vit.blocks[0](tokens), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_run_resumed_on_another_gpu_count_keeps_batch_lr_and_schedule(tmp_path, monkeypatch):
+    from _train_util import tiny_config
+
+    from marvit.train.loop import train
+    from marvit.train.optim import cosine_lr
+
+    # 32 clips, global batch 8: one process with batch 4 accumulates 2 micro-steps; two processes take one
+    common = ["train.scheme=standard", "train.global_batch=8", "data.batch_size=4", "train.save_interval=2"]
+    config, cfg = tiny_config(tmp_path, *common)
+    monkeypatch.setenv("MARVIT_FAULT_STEP", "4")
+    with pytest.raises(RuntimeError, match="injected fault at step 4"):
+        train(cfg)
+    monkeypatch.delenv("MARVIT_FAULT_STEP")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--rdzv-backend=c10d",
+           "--rdzv-endpoint=localhost:0", "-m", "marvit", "train", str(config), *common,
+           f"train.out_dir={tmp_path / 'run'}", "train.resume=auto"]  # fmt: skip
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert (res["world_size"], res["accum_steps"], res["global_batch"], res["steps"]) == (2, 1, 8, 8)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lrs = {r["step"]: r["lr"] for r in rows if "lr" in r}
+    assert min(lrs) < 4 < max(lrs) == 8  # logged before and after the resume
+    # one schedule over both runs: 32 clips / 8 per step = 4 steps per epoch, 2 epochs, warm-up half an epoch
+    for s, lr in lrs.items():
+        assert lr == pytest.approx(cosine_lr(s - 1, 8, 2, 0.002, 1e-6)), s

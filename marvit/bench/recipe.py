@@ -73,7 +73,9 @@ def main(
         out["official_run"] = official[0] if official else None
         out["official"] = {k: v for k, (v, _) in official[1].items()} if official else None
         out["sources"] = {k: src for k, (_, src) in official[1].items()} if official else None
-        out["differences"] = {k: list(v) for k, v in differences(recipe, official[1]).items()} if official else {}
+        out["differences"] = (
+            {k: list(v) for k, v in differences(recipe, official[1]).items()} if official else {}
+        )
         out["cost"] = c
         print(json.dumps(out))
         return 0

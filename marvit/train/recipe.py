@@ -443,4 +443,6 @@ def resolve_flip_pairs(pairs: dict[str, str], classes: list[str], where: str) ->
 
 def _short(source: str) -> str:
     """A source as the table prints it: the official repositories' long prefixes shortened."""
-    return source.replace(_MAR_BASE, "MAR ").replace("alibaba-mmai-research/Masked-Action-Recognition ", "MAR ")
+    return source.replace(_MAR_BASE, "MAR ").replace(
+        "alibaba-mmai-research/Masked-Action-Recognition ", "MAR "
+    )
