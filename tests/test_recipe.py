@@ -423,3 +423,26 @@ def test_a_run_resumed_on_another_gpu_count_keeps_batch_lr_and_schedule(tmp_path
     # one schedule over both runs: 32 clips / 8 per step = 4 steps per epoch, 2 epochs, warm-up half an epoch
     for s, lr in lrs.items():
         assert lr == pytest.approx(cosine_lr(s - 1, 8, 2, 0.002, 1e-6)), s
+
+
+@pytest.mark.parametrize("which", ["last", "best"])
+def test_the_final_multi_view_test_names_the_checkpoint_it_tested(tmp_path, which):
+    from _train_util import tiny_config
+
+    from marvit.train.loop import train
+
+    _, cfg = tiny_config(tmp_path, "train.scheme=standard", "train.eval_interval=1", f"train.eval_checkpoint={which}",
+                         "train.max_steps=12")  # fmt: skip
+    assert train(cfg) == 0
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    vals = [r for r in rows if "val_top1" in r]
+    assert [r["step"] for r in vals] == [8, 12]  # one-view validation at the epoch end and the last step
+    assert (
+        res["eval_checkpoint"] == which
+        and res["test_views"] == "5x3"
+        and res["val"]["top1"] == vals[-1]["val_top1"]
+    )
+    # the synthetic validation clip is one view, so the test of a checkpoint repeats its validation number
+    want = max(r["val_top1"] for r in vals) if which == "best" else vals[-1]["val_top1"]
+    assert res["top1"] == want

@@ -143,7 +143,10 @@ def _train(cfg: Config, scheme, splits: set[str], dd, run: RunDir) -> int:
         raise ConfigError(f"train.accum_steps={accum}: more than the {micro_per_epoch} batches of an epoch")
     recipe = resolve_recipe(cfg, world, steps_per_epoch=steps_per_epoch)
     total_steps, warmup_steps, peak = recipe.total_steps, recipe.warmup_steps, peak_lr(cfg, global_batch)
-    if state is not None and "total_steps" in state:  # a resumed run keeps its schedule in steps
+    schedule = [tc.epochs, tc.max_steps, tc.warmup_epochs, global_batch]  # what the schedule in steps follows
+    if state is not None and state.get("schedule") == schedule:
+        # a run resumed on another GPU count keeps its schedule in steps (the per-rank loader's length may
+        # round differently); a config that changes the schedule (allow_config_change) recomputes it
         total_steps, warmup_steps = int(state["total_steps"]), int(state["warmup_steps"])
     if master:
         print(format_table(recipe, official_for(cfg)))
@@ -247,6 +250,7 @@ def _train(cfg: Config, scheme, splits: set[str], dd, run: RunDir) -> int:
                 "accum_steps": accum,
                 "total_steps": total_steps,
                 "warmup_steps": warmup_steps,
+                "schedule": schedule,
             }
             _save(out_dir, raw_model, optimizer, train_state, mask_gen, cfg, world, master, is_best)
     bar.close()
