@@ -191,7 +191,7 @@ OFFICIAL: dict[str, dict[str, tuple[Any, str]]] = {
         global_batch=(768, f"{_VS2B} --batch_size 6 x --num_sample 2 x 64 GPUs"),
         peak_lr=(7.5e-4, f"{_VS2B} --lr 5e-4 x 384 videos / 256"),
         epochs=(30, f"{_VS2B} --epochs"),
-        flip=(False, "VideoMAE datasets/ssv2.py: no horizontal flip for SSV2"),
+        flip=(False, "MCG-NJU/VideoMAE ssv2.py _aug_frame: random_horizontal_flip=False for SSV2"),
         flip_pairs=(None, "VideoMAE: no flip"),
         test_views=("2x3", f"{_VS2B} --test_num_segment x --test_num_crop"),
     ),  # fmt: skip
@@ -211,7 +211,7 @@ OFFICIAL: dict[str, dict[str, tuple[Any, str]]] = {
         global_batch=(256, f"{_VK4L} --batch_size 2 x --num_sample 2 x 64 GPUs (no SSv2 ViT-L script)"),
         peak_lr=(1e-3, f"{_VK4L} --lr 2e-3 x 128 videos / 256 (no SSv2 ViT-L script)"),
         epochs=(30, f"{_VS2B} --epochs"),
-        flip=(False, "VideoMAE datasets/ssv2.py: no horizontal flip for SSV2"),
+        flip=(False, "MCG-NJU/VideoMAE ssv2.py _aug_frame: random_horizontal_flip=False for SSV2"),
         flip_pairs=(None, "VideoMAE: no flip"),
         test_views=("2x3", f"{_VS2B} --test_num_segment x --test_num_crop"),
     ),  # fmt: skip
