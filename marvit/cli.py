@@ -153,6 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
                 "--compile", action="store_true", help="compile the transformer blocks (train.compile)"
             )
 
+    p = sub.add_parser(
+        "recipe", help="the recipe a run would train on N GPUs, beside the official run, and its cost"
+    )
+    p.add_argument("config", help="a YAML config (configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, before or after the options")
+    p.add_argument("--gpus", type=int, required=True, help="the number of GPUs (processes) of the run")
+    p.add_argument("--json", dest="as_json", action="store_true", help="one JSON object instead of a table")
+    p.add_argument("--gpu", default="v100", help="the GPU the cost is estimated for (v100, a100, h100)")
+    p.add_argument("--mfu", type=float, default=0.3, help="model FLOPs utilization of the estimate")
+    p.add_argument("--train-videos", type=int, default=None,
+                   help="videos in the training split (default: data.root's manifest, else the paper's)")  # fmt: skip
+
     p = sub.add_parser("demo", help="the whole system on the packaged demo (marvit/configs/demo.yaml)")
     p.add_argument("--out", default="demo_out", help="directory for the data, runs, report and plots")
     p.add_argument("--quick", action="store_true", help="a reduced run (seconds), as the tests use")
@@ -226,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 CONFIG_COMMANDS = {"train": "marvit.train.loop:train", "eval": "marvit.train.evaluate:main",
-                   "profile": "marvit.bench.profile:main"}  # fmt: skip
+                   "profile": "marvit.bench.profile:main", "recipe": "marvit.bench.recipe:main"}  # fmt: skip
 COMMANDS = {
     "info": "marvit.bench.info:main",
     "doctor": "marvit.bench.doctor:main",

@@ -58,13 +58,20 @@ class ModelConfig:
     in_chans: int = 3
     num_classes: int = 400
     drop_path: float = 0.1
-    # "bridging" (MAR), "linear" (the standard VideoMAE fine-tuning head) or "none" (pretraining: no labels)
-    head: Literal["bridging", "linear", "none"] = "bridging"
+    # "bridging" (MAR), "linear" (the standard VideoMAE fine-tuning head), "mlp" (Table VI's MLP classifier:
+    # mean, LayerNorm, Linear-GELU-Linear at bridge_dim) or "none" (pretraining: no labels)
+    head: Literal["bridging", "linear", "mlp", "none"] = "bridging"
     bridge_dim: int = 512
     bridge_depth: int = 2
     bridge_heads: int = 4
     bridge_mlp_ratio: float = 4.0
     head_dropout: float = 0.1
+    # ablations of the bridging classifier (Table VII): add the sinusoid position table to its tokens, and
+    # fill the masked positions with a learned mask token (implies the table); the paper's default is neither
+    bridge_pos_embed: bool = False
+    bridge_mask_tokens: bool = False
+    # "pretrained": the decoder loads from model.pretrained; "random": it keeps its initialization (Table VIII)
+    decoder_init: Literal["pretrained", "random"] = "pretrained"
     # reconstruction decoder (training only)
     decoder_dim: int = 384
     decoder_depth: int = 4
@@ -131,6 +138,8 @@ class MaskConfig:
     spatial: Literal["repeated", "random"] = "repeated"
     # cell running: time slices in running order ("fixed") or permuted per clip ("shuffled")
     temporal: Literal["fixed", "shuffled"] = "shuffled"
+    # cell running: the test mask's starting state (the phase of time slice 0), 0 .. r*q - 1 (Table III(b))
+    eval_start: int = 0
 
     def validate(self, prefix: str = "mask") -> None:
         """The ranges only; which ratios a strategy and cell can express is masking's rule
@@ -140,6 +149,10 @@ class MaskConfig:
         r, q = self.cell
         if r <= 0 or q <= 0:
             raise ConfigError(f"{prefix}.cell={list(self.cell)}: both sides must be positive")
+        if not 0 <= self.eval_start < r * q:
+            raise ConfigError(
+                f"{prefix}.eval_start={self.eval_start}: must be in 0 .. {r * q - 1} (a state of the {r}x{q} cell)"
+            )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -171,6 +184,9 @@ class DataConfig:
     flip: bool = True
     # for direction-sensitive data sets: class index -> class index after a horizontal flip
     flip_label_map: dict[int, int] | None = None
+    # the same, named by label text ({"Pushing something from left to right": "... right to left"}), each
+    # pair swapped both ways; resolved through the manifest's class list into flip_label_map at the start
+    flip_pairs: dict[str, str] | None = None
     rand_augment: bool = True
     rand_augment_m: int = 9
     rand_augment_n: int = 2
@@ -213,16 +229,23 @@ class TrainConfig:
     scheme: Literal["standard", "mar", "pretrain"] = "mar"
     epochs: int = 40
     max_steps: int | None = None  # stops early when set (counts optimizer steps)
-    accum_steps: int = 1
-    base_lr: float = 1e-3
-    scale_lr: bool = True  # lr = base_lr * global_batch / 256
+    accum_steps: int = 1  # derived from global_batch when that is set (leave it at 1 then)
+    # clips per optimizer step, repeats counted (Table I's count); accumulation = global_batch / (batch_size
+    # x repeated_aug x world size), refused unless exact. null: batch_size x repeated_aug x world x accum_steps
+    global_batch: int | None = None
+    base_lr: float = 1e-3  # the peak lr, absolute (the official runs: ADJUST_LR false)
+    scale_lr: bool = False  # true: peak lr = base_lr * videos per step / 256 (VideoMAE's rule, an option)
     min_lr: float = 1e-6
     warmup_epochs: float = 5.0
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
     layer_decay: float = 0.75
+    # "weights": layer decay scales weight matrices only, biases and norms keep the full rate (the official
+    # MAR optimizer); "all": every parameter of a layer (MAE / VideoMAE)
+    layer_decay_scope: Literal["weights", "all"] = "weights"
     clip_grad: float | None = None
     recon_weight: float = 0.1  # lambda; 0 turns the reconstruction branch off
+    normalize_targets: bool = True  # per-tubelet normalized pixels (false: raw pixels, Table VIII)
     # reconstruct only this fraction of the masked tokens in the decoder (1.0 = all, as the paper)
     decoder_keep: float = 1.0
     pretrain_mask_ratio: float = 0.9
@@ -239,7 +262,10 @@ class TrainConfig:
     # a resumed run refuses a config that changes the run (schedule, model, data) unless this is true
     allow_config_change: bool = False
     log_interval: int = 10
-    eval_interval: int = 0  # optimizer steps between evaluations; 0 = at the end of every epoch
+    # epochs between the cheap one-view validations (0 = every epoch); the full multi-view test runs once at
+    # the end, on the final model ("last", as the official runs report) or on the best-on-validation one
+    eval_interval: int = 0
+    eval_checkpoint: Literal["last", "best"] = "last"
     save_interval: int = 0  # optimizer steps between checkpoints; 0 = at the end of every epoch
     keep_last: int = 2
 
@@ -247,6 +273,10 @@ class TrainConfig:
         _positive(self, prefix, ["epochs", "accum_steps", "log_interval", "keep_last"])
         if self.max_steps is not None and self.max_steps <= 0:
             raise ConfigError(f"{prefix}.max_steps={self.max_steps}: must be positive or null")
+        if self.global_batch is not None and self.global_batch <= 0:
+            raise ConfigError(f"{prefix}.global_batch={self.global_batch}: must be positive or null")
+        if self.eval_interval < 0:
+            raise ConfigError(f"{prefix}.eval_interval={self.eval_interval}: must be >= 0 (epochs)")
         if self.base_lr <= 0:
             raise ConfigError(f"{prefix}.base_lr={self.base_lr}: must be positive")
         if not 0 < self.layer_decay <= 1:

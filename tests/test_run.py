@@ -166,7 +166,8 @@ def test_learning_rate_scales_with_videos_not_repeated_views(tmp_path):
                   "train.accum_steps=2", "train.max_steps=1", "train.scheme=standard")  # fmt: skip
     assert train(cfg) == 0
     res = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert res["global_batch"] == 4 * 2 * 1
+    assert res["global_batch"] == 4 * 2 * 2  # clips, repeats counted (Table I's count)
+    assert res["videos_per_step"] == 4 * 2 * 1
     assert res["peak_lr"] == pytest.approx(0.001 * 8 / 256)
 
 

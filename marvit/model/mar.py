@@ -21,7 +21,7 @@ from torch import nn
 from marvit.config import ConfigError, ModelConfig
 from marvit.model.decoder import Decoder, tubelet_targets
 from marvit.model.encoder import VisionTransformer
-from marvit.model.heads import BridgingClassifier, LinearHead
+from marvit.model.heads import BridgingClassifier, LinearHead, MLPHead
 from marvit.model.layers import init_weights
 
 # parameter-name prefixes of the reconstruction branch, which only training uses
@@ -31,17 +31,22 @@ TRAIN_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token")
 class MARModel(nn.Module):
     def __init__(self, cfg: ModelConfig, with_decoder: bool = True) -> None:
         super().__init__()
-        if cfg.head not in ("bridging", "linear", "none"):
-            raise ConfigError(f"model.head={cfg.head!r}: allowed values are ['bridging', 'linear', 'none']")
+        if cfg.head not in ("bridging", "linear", "mlp", "none"):
+            raise ConfigError(
+                f"model.head={cfg.head!r}: allowed values are ['bridging', 'linear', 'mlp', 'none']"
+            )
         self.cfg = cfg
         # the fine-tuning layout normalizes the pooled tokens (fc_norm) instead of every token
         self.encoder = VisionTransformer(cfg, final_norm=cfg.head != "linear")
-        self.head: BridgingClassifier | LinearHead | None = None
+        self.head: BridgingClassifier | LinearHead | MLPHead | None = None
         if cfg.head == "bridging":
             self.head = BridgingClassifier(
                 cfg.embed_dim, cfg.num_classes, cfg.bridge_dim, cfg.bridge_depth, cfg.bridge_heads,
-                cfg.bridge_mlp_ratio, cfg.head_dropout,
+                cfg.bridge_mlp_ratio, cfg.head_dropout, cfg.num_tokens, cfg.bridge_pos_embed,
+                cfg.bridge_mask_tokens,
             )  # fmt: skip
+        elif cfg.head == "mlp":
+            self.head = MLPHead(cfg.embed_dim, cfg.num_classes, cfg.bridge_dim, cfg.head_dropout)
         elif cfg.head == "linear":
             self.head = LinearHead(cfg.embed_dim, cfg.num_classes, cfg.head_dropout)
         self.with_decoder = with_decoder
@@ -55,6 +60,8 @@ class MARModel(nn.Module):
         self.apply(init_weights)
         if with_decoder:
             nn.init.trunc_normal_(self.mask_token, std=0.02)
+        if getattr(self.head, "mask_token", None) is not None:
+            nn.init.trunc_normal_(self.head.mask_token, std=0.02)
         if self.head is not None:
             with torch.no_grad():  # VideoMAE's init_scale of the class projection (1 for MAR's bridging head)
                 self.head.fc.weight.mul_(self.head.INIT_SCALE)
@@ -65,10 +72,12 @@ class MARModel(nn.Module):
         """video: (B, C, T, H, W) -> (B, N_vis, D), final-normed except in the linear-head layout."""
         return self.encoder(video, visible_idx)
 
-    def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens: (B, N_vis, D) -> logits (B, classes)."""
+    def forward_head(self, tokens: torch.Tensor, visible_idx: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens: (B, N_vis, D) at ``visible_idx`` (B, N_vis) -> logits (B, classes)."""
         if self.head is None:
             raise RuntimeError("this model has no classification head (model.head='none': pretraining)")
+        if isinstance(self.head, BridgingClassifier) and self.head.use_pos:
+            return self.head(tokens, visible_idx)  # the Table VII ablations need the positions
         return self.head(tokens)
 
     def forward_decoder(
@@ -82,9 +91,11 @@ class MARModel(nn.Module):
             visible_idx = torch.arange(n, device=tokens.device).expand(b, n)
         return self.decoder(self.encoder_to_decoder(tokens), self.mask_token, visible_idx, target_idx)
 
-    def targets(self, video: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
-        """Normalized-pixel targets of the tokens ``target_idx``: (B, N_t, t*p*p*C)."""
-        return tubelet_targets(video, self.cfg.tubelet_size, self.cfg.patch_size, target_idx)
+    def targets(self, video: torch.Tensor, target_idx: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Normalized-pixel (or with ``normalize=False`` raw-pixel) targets of ``target_idx``: (B, N_t, t*p*p*C)."""
+        return tubelet_targets(
+            video, self.cfg.tubelet_size, self.cfg.patch_size, target_idx, normalize=normalize
+        )
 
     def forward(
         self,
@@ -96,7 +107,7 @@ class MARModel(nn.Module):
         tokens = self.forward_features(video, visible_idx)
         out = {}
         if self.head is not None:
-            out["logits"] = self.forward_head(tokens)
+            out["logits"] = self.forward_head(tokens, visible_idx)
         if target_idx is not None:
             out["pred"] = self.forward_decoder(tokens, visible_idx, target_idx)
         return out
@@ -115,7 +126,7 @@ class MARModel(nn.Module):
     # ---- optimizer metadata ----------------------------------------------------------------------
     def no_weight_decay(self) -> set[str]:
         """Names excluded from weight decay besides norms and biases (which the optimizer finds by ndim)."""
-        return {"mask_token"}
+        return {"mask_token", "head.mask_token"}
 
     def num_layers(self) -> int:
         """Layer ids for layer-wise lr decay run 0 (embedding) .. depth + 1 (heads and decoder)."""

@@ -7,12 +7,15 @@ sets (RANK, LOCAL_RANK, WORLD_SIZE): NCCL on CUDA, gloo on a CPU. Per optimizer 
 losses accumulate on the device and are read (``.item()``) only at the log interval, each such place marked
 "sync point". Gradients are all-reduced only on the last micro-step of an accumulation (``no_sync``).
 
-The learning rate follows VideoMAE: ``base_lr * batch * world * accum_steps / 256``; repeated
-augmentation's extra views of the same videos do not count (they are not more data).
+The recipe (:mod:`marvit.train.recipe`) is resolved once and printed at the start: ``train.global_batch``
+clips per optimizer step whatever the GPU count (accumulation derived from it), the peak lr absolute
+(``train.scale_lr`` for VideoMAE's per-256-videos rule).
 
-Evaluation and saving happen in one place, after an optimizer step: evaluate at ``train.eval_interval``
-(every epoch end when 0) and at the last step; save at ``train.save_interval`` (every epoch end when 0),
-at the last step, and whenever an evaluation finds a new best (then also as ``checkpoints/best``).
+Evaluation and saving happen in one place, after an optimizer step: a cheap one-view validation every
+``train.eval_interval`` epochs (every epoch when 0) and at the last step; save at ``train.save_interval``
+(steps; every epoch end when 0), at the last step, and whenever a validation finds a new best (then also as
+``checkpoints/best``). The full multi-view test runs once at the end, on the final model, or with
+``train.eval_checkpoint=best`` on the best-on-validation checkpoint (results.json names which).
 
 Resuming: ``train.resume=auto`` continues from the newest checkpoint in ``train.out_dir``: weights,
 optimizer, step, epoch, position in the epoch and RNG states, so the schedule and data order go on as if the
@@ -22,6 +25,7 @@ The run owns its out_dir (see :class:`marvit.train.setup.RunDir`).
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from contextlib import nullcontext
@@ -45,6 +49,7 @@ from marvit.train.checkpoint import (
 )
 from marvit.train.evaluate import evaluate
 from marvit.train.optim import build_optimizer, cosine_lr, set_lr
+from marvit.train.recipe import accumulation, format_table, official_for, peak_lr, resolve_recipe
 from marvit.train.scheme import resolve
 from marvit.train.setup import (
     RunDir,
@@ -122,7 +127,9 @@ def _train(cfg: Config, scheme, splits: set[str], dd, run: RunDir) -> int:
 
     # ---- data -----------------------------------------------------------------------------------
     loader = build_data_loader(cfg, "train", True, rank, world, device)
-    val_loader = build_data_loader(cfg, "val", False, rank, world, device) if (
+    one_view = copy.deepcopy(cfg)  # the cheap validation during training: one clip, one crop
+    one_view.data.test_clips, one_view.data.test_crops = 1, 1
+    val_loader = build_data_loader(one_view, "val", False, rank, world, device) if (
         scheme.labels and "val" in splits) else None  # fmt: skip
     mixup = None
     if scheme.labels:
@@ -130,24 +137,27 @@ def _train(cfg: Config, scheme, splits: set[str], dd, run: RunDir) -> int:
 
         mixup = mixup_fn(cfg.data, cfg.model.num_classes)  # None when mixup and cutmix are off
     micro_per_epoch = len(loader)
-    steps_per_epoch = micro_per_epoch // tc.accum_steps
+    accum, global_batch = accumulation(cfg, world)  # clips per step, repeats counted, whatever the world
+    steps_per_epoch = micro_per_epoch // accum
     if steps_per_epoch == 0:
-        raise ConfigError(
-            f"train.accum_steps={tc.accum_steps}: more than the {micro_per_epoch} batches of an epoch"
-        )
-    total_steps = tc.epochs * steps_per_epoch
-    if tc.max_steps is not None:
-        total_steps = min(total_steps, tc.max_steps)
-    warmup_steps = min(int(tc.warmup_epochs * steps_per_epoch), total_steps // 2)
-    global_batch = cfg.data.batch_size * world * tc.accum_steps  # videos per step; repeats not counted
-    peak_lr = tc.base_lr * global_batch / 256 if tc.scale_lr else tc.base_lr
+        raise ConfigError(f"train.accum_steps={accum}: more than the {micro_per_epoch} batches of an epoch")
+    recipe = resolve_recipe(cfg, world, steps_per_epoch=steps_per_epoch)
+    total_steps, warmup_steps, peak = recipe.total_steps, recipe.warmup_steps, peak_lr(cfg, global_batch)
+    schedule = [tc.epochs, tc.max_steps, tc.warmup_epochs, global_batch]  # what the schedule in steps follows
+    if state is not None and state.get("schedule") == schedule:
+        # a run resumed on another GPU count keeps its schedule in steps (the per-rank loader's length may
+        # round differently); a config that changes the schedule (allow_config_change) recomputes it
+        total_steps, warmup_steps = int(state["total_steps"]), int(state["warmup_steps"])
+    if master:
+        print(format_table(recipe, official_for(cfg)))
 
     # ---- optimizer and resume -------------------------------------------------------------------
-    optimizer = build_optimizer(model, tc, peak_lr)
+    optimizer = build_optimizer(model, tc, peak)
     step, epoch, micro, best = 0, 0, 0, float("-inf")
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         step, epoch, micro = int(state["step"]), int(state["epoch"]), int(state["micro_in_epoch"])
+        micro = micro // int(state.get("accum_steps", accum)) * accum  # another GPU count cuts steps anew
         best = float(state.get("best", best))
         set_rng_state(state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0], mask_gen)
         if master:
@@ -174,20 +184,20 @@ def _train(cfg: Config, scheme, splits: set[str], dd, run: RunDir) -> int:
         if batches is None:  # a new epoch, or the resume point inside one
             loader.set_epoch(epoch)
             batches = loader.iter_from(micro)
-        lr = cosine_lr(step, total_steps, warmup_steps, peak_lr, tc.min_lr)
+        lr = cosine_lr(step, total_steps, warmup_steps, peak, tc.min_lr)
         set_lr(optimizer, lr)
         fault_injection(step)
-        for i in range(tc.accum_steps):
+        for i in range(accum):
             t0 = time.perf_counter()
             batch = next(batches)
             wait += time.perf_counter() - t0
             video, target = batch["video"], batch["label"]
             if mixup is not None:
                 video, target = mixup(video, target)
-            sync = i == tc.accum_steps - 1 or world == 1
+            sync = i == accum - 1 or world == 1
             with nullcontext() if sync else model.no_sync():
                 losses = forward_loss(model, scheme, video, target, mask_gen, amp_dtype)
-                (losses["loss"] / tc.accum_steps).backward()
+                (losses["loss"] / accum).backward()
             sums += torch.stack([losses["loss"].detach().float(), losses.get("ce", zero).detach().float(),
                                  losses.get("mse", zero).detach().float()])  # fmt: skip
             count += 1
@@ -197,9 +207,9 @@ def _train(cfg: Config, scheme, splits: set[str], dd, run: RunDir) -> int:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        micro += tc.accum_steps
+        micro += accum
         bar.update(1)
-        epoch_end = micro + tc.accum_steps > micro_per_epoch
+        epoch_end = micro + accum > micro_per_epoch
         if epoch_end:
             epoch, micro, batches = epoch + 1, 0, None
         last = step == total_steps
@@ -222,7 +232,7 @@ def _train(cfg: Config, scheme, splits: set[str], dd, run: RunDir) -> int:
             count, clips, wait, t_log = 0, 0, 0.0, time.perf_counter()
 
         # ---- evaluate and save: the one place ---------------------------------------------------
-        due_eval = last or (step % tc.eval_interval == 0 if tc.eval_interval else epoch_end)
+        due_eval = last or (epoch_end and (tc.eval_interval == 0 or epoch % tc.eval_interval == 0))
         due_save = last or (step % tc.save_interval == 0 if tc.save_interval else epoch_end)
         is_best = False
         if due_eval and val_loader is not None:
@@ -232,18 +242,32 @@ def _train(cfg: Config, scheme, splits: set[str], dd, run: RunDir) -> int:
             _log(metrics, tb, {"step": step, "epoch": epoch, **{f"val_{k}": v for k, v in res.items()},
                                "val_is_best": is_best})  # fmt: skip
         if due_save or is_best:
-            train_state = {"step": step, "epoch": epoch, "micro_in_epoch": micro, "best": best}
+            train_state = {
+                "step": step,
+                "epoch": epoch,
+                "micro_in_epoch": micro,
+                "best": best,
+                "accum_steps": accum,
+                "total_steps": total_steps,
+                "warmup_steps": warmup_steps,
+                "schedule": schedule,
+            }
             _save(out_dir, raw_model, optimizer, train_state, mask_gen, cfg, world, master, is_best)
     bar.close()
+    test = _final_test(cfg, scheme, raw_model, out_dir, splits, dd, amp_dtype)
 
     # ---- results ---------------------------------------------------------------------------------
     skipped = _gather_skipped(loader, val_loader, world)
     if master:
         result = {"scheme": scheme.name, "steps": step, "epochs": epoch,
                   "train_time_s": time.perf_counter() - t_start, "global_batch": global_batch,
-                  "peak_lr": peak_lr, "world_size": world, "skipped": skipped}  # fmt: skip
+                  "videos_per_step": recipe.videos_per_step, "accum_steps": accum, "peak_lr": peak,
+                  "world_size": world, "skipped": skipped}  # fmt: skip
         if last_eval is not None:
             result.update(last_eval)
+            result["val"] = last_eval  # the last one-view validation
+        if test is not None:  # the reported number: the multi-view test of the named checkpoint
+            result.update(test)
         atomic_write_json(out_dir / "results.json", result, indent=2)
         print(json.dumps(result))
         metrics.close()
@@ -269,6 +293,20 @@ def _save(out_dir, model, optimizer, train_state: dict, mask_gen, cfg: Config, w
         save_checkpoint(out_dir, model, state, cfg.to_yaml(), cfg.train.keep_last, best=is_best)
     if world > 1:
         dist.barrier()
+
+
+def _final_test(cfg: Config, scheme, model, out_dir: Path, splits: set[str], dd, amp_dtype) -> dict | None:
+    """The full multi-view test, once, on the final model or (``train.eval_checkpoint=best``) the best one."""
+    if not scheme.labels or "val" not in splits:
+        return None
+    which = cfg.train.eval_checkpoint
+    best = out_dir / "checkpoints" / "best"
+    if which == "best" and (best / "model.safetensors").is_file():
+        load_checkpoint(best, model)  # every rank reads the same file
+    loader = build_data_loader(cfg, "val", False, dd.rank, dd.world, dd.device)
+    res = evaluate(model, loader, scheme, dd.device, amp_dtype)
+    d = cfg.data
+    return {**res, "eval_checkpoint": which, "test_views": f"{d.test_clips}x{d.test_crops}"}
 
 
 def _gather_skipped(loader, val_loader, world: int) -> dict:

@@ -39,6 +39,7 @@ class Scheme:
     decoder_keep: float  # share of the masked tokens the decoder reconstructs
     label_smoothing: float  # for hard labels (mixup's soft targets carry their own)
     eval_masked: bool  # evaluate under the evaluation mask (MAR) or on every token
+    normalize_targets: bool = True  # per-tubelet normalized pixels (VideoMAE) or raw pixels
 
     @property
     def with_decoder(self) -> bool:
@@ -63,7 +64,8 @@ class Scheme:
         if not self.eval_masked:
             return None
         m = self.mask
-        return masking.eval_visible(m.strategy, m.ratio, self.grid, batch, cell=m.cell, device=device)
+        return masking.eval_visible(m.strategy, m.ratio, self.grid, batch, cell=m.cell, device=device,
+                                    start=m.eval_start)  # fmt: skip
 
     def without_eval_mask(self) -> Scheme:
         """The same scheme evaluated on every token (``marvit eval --no-mask``)."""
@@ -105,5 +107,6 @@ def resolve(cfg: Config) -> tuple[Config, Scheme]:
         decoder_keep=tc.decoder_keep,
         label_smoothing=cfg.data.label_smoothing,
         eval_masked=tc.scheme == "mar" and n_masked > 0,
+        normalize_targets=tc.normalize_targets,
     )
     return cfg, scheme

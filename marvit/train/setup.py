@@ -159,7 +159,15 @@ def check_data(cfg: Config, need_val: bool = False) -> set[str]:
         raise ConfigError(
             f"data.root={root!r}: the manifest has no {wanted!r} split (has {sorted(info['splits'])})"
         )
-    if cfg.data.flip and cfg.data.flip_label_map is None and info.get("flip_map"):
+    if cfg.data.flip and cfg.data.flip_pairs:
+        # direction pairs named by label text, resolved through this data set's class list
+        from marvit.train.recipe import resolve_flip_pairs
+
+        cfg.data.flip_label_map = resolve_flip_pairs(
+            cfg.data.flip_pairs, info["classes"], f"{root}/manifest.json"
+        )
+        print(f"data.flip_pairs -> data.flip_label_map {cfg.data.flip_label_map}")
+    elif cfg.data.flip and cfg.data.flip_label_map is None and info.get("flip_map"):
         # the data set declares which classes swap under a horizontal flip (e.g. move_left <-> move_right)
         cfg.data.flip_label_map = {int(k): int(v) for k, v in info["flip_map"].items()}
         print(f"data.flip_label_map from {Path(root) / 'manifest.json'}: {cfg.data.flip_label_map}")
