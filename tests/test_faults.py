@@ -199,6 +199,19 @@ def test_an_os_error_ends_train_with_one_line_and_leaves_nothing_trusted(tmp_pat
     assert cli([*args, *resume]) == 0
 
 
+@pytest.mark.skipif(not Path("/dev/full").is_char_device(), reason="needs the /dev/full device")
+def test_a_real_enospc_from_the_kernel_names_the_file(tmp_path, capsys):
+    # no injection: metrics.jsonl is /dev/full, whose every write fails with ENOSPC
+    config, _ = _cfg(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").symlink_to("/dev/full")
+    assert cli(["train", str(config), f"train.out_dir={run}", "train.max_steps=2"]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"{run / 'metrics.jsonl'}: No space left on device (errno 28, ENOSPC)" in line
+    assert not (run / "run.lock").exists()
+
+
 def test_an_empty_lock_left_by_a_failed_write_is_taken_over(tmp_path, capsys):
     _, cfg = _cfg(tmp_path, "train.max_steps=1", "train.scheme=standard")
     run = tmp_path / "run"
@@ -235,9 +248,10 @@ def test_eval_views_are_bounded_by_memory(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(ev, "available_memory", lambda: 8 * 2**30)
     assert cli(["eval", str(config), "--checkpoint", str(tmp_path), "--views", "1000x100"]) == 2
     line = _one_line(capsys.readouterr().err)
-    # 100000 views x 3 x 4 x 32 x 32 x (1 + 4) bytes = 5.7 GiB; half of 8 GiB holds 4 GiB / 61440 B views
-    assert "--views 1000x100: 100000 views of 4x32x32 need 5.7 GiB per video" in line
-    assert "at most 69905 views fit" in line
+    # batch 4 x 100000 views x 3 x 4 x 32 x 32 x (1 + 4) B + 1000 clips x 4 x 224^2 x 3 x 2 B = 24.0 GiB;
+    # half of 8 GiB over the 245760 + 12042 bytes one view costs: 16659 views
+    assert "--views 1000x100: 100000 views of 4x32x32 in batches of 4 need 24.0 GiB" in line
+    assert "more than half of the 8.0 GiB available; at most about 16659 views fit" in line
 
 
 # ---- exact resume ------------------------------------------------------------------------------------------

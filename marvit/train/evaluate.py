@@ -89,17 +89,20 @@ def available_memory() -> int:
 
 
 def check_views_fit(cfg: Config, what: str) -> None:
-    """Every view of one video is in memory at once, as uint8 frames and a float32 batch: refuse a view
-    count whose clips would take more than half of the available memory (``--views 1000x100`` asked 39 GB)."""
+    """A test batch holds every view of ``data.batch_size`` videos, as uint8 and as float32, beside one
+    video's decoded clips at ``data.test_short_side``: refuse a view count that would take more than half of
+    the available memory (``--views 1000x100`` once asked for 39 GB)."""
     d = cfg.data
     views = d.test_clips * d.test_crops
-    need = views * 3 * d.num_frames * d.img_size**2 * (1 + 4)
-    have = available_memory()
+    per_view = d.batch_size * 3 * d.num_frames * d.img_size**2 * (1 + 4)  # (B, V, T, S, S, 3) u8 + f32
+    decoded = d.test_clips * d.num_frames * d.test_short_side**2 * 3 * 2  # frames and their resize, u8
+    need, have = views * per_view + decoded, available_memory()
     if need > have // 2:
-        fit = max(1, (have // 2) // max(1, need // views))
+        fit = max(1, (have // 2) // (per_view + decoded // views))
         raise InputError(
-            f"{what}: {views} views of {d.num_frames}x{d.img_size}x{d.img_size} need {need / 2**30:.1f} GiB per "
-            f"video, more than half of the {have / 2**30:.1f} GiB available; at most {fit} views fit"
+            f"{what}: {views} views of {d.num_frames}x{d.img_size}x{d.img_size} in batches of {d.batch_size} "
+            f"need {need / 2**30:.1f} GiB, more than half of the {have / 2**30:.1f} GiB available; at most "
+            f"about {fit} views fit"
         )
 
 

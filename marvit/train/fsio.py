@@ -5,8 +5,8 @@ with one line naming the path and the errno (``marvit.cli`` prints an :class:`OS
 Every write goes through :func:`write_file`: bytes are written to a temporary name in the same directory,
 flushed and fsynced, then renamed into place; on failure the temporary is removed and the error names the
 final path (a bare ``f.write`` raises ``ENOSPC`` without a file name). Some writers hide the errno
-(safetensors' ``save_file`` ignored a full device in a check here; ``torch.save`` to a path raises "unexpected
-pos"), so checkpoints are serialized to bytes or to a Python file object and written here.
+(safetensors' ``save_file`` raises its own error type; ``torch.save`` to a path raises "unexpected pos"), so
+checkpoints are serialized to bytes or to a Python file object and written here.
 
 Test hook: ``MARVIT_FAULT_WRITE=NAME:ERRNO`` (e.g. ``state.pt:ENOSPC``) makes every write of a path with a
 component NAME fail with that errno, as a full disk or a read-only mount would.

@@ -18,6 +18,11 @@ Resuming: ``train.resume=auto`` continues from the newest checkpoint in ``train.
 optimizer, step, epoch, position in the epoch and RNG states, so the schedule and data order go on as if the
 run had not stopped. Under ``torchrun --max-restarts`` a crashed group restarts and resumes the same way.
 The run owns its out_dir (see :class:`marvit.train.setup.RunDir`).
+
+Faults (:mod:`marvit.train.guard`, docs/faults.md): a non-finite loss (log interval) or weight (before an
+evaluation or a save) stops the run, exit 3, with no checkpoint of it; SIGTERM/SIGINT/SIGUSR1 save at a step
+the ranks agree on (the log interval's all-reduce) and exit 75; data loading and evaluation draw nothing
+from the training RNG stream, so a resumed run is the uninterrupted one.
 """
 
 from __future__ import annotations
