@@ -467,9 +467,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}={value!r}: expected a number")
-        if not math.isfinite(value):  # YAML's .nan / .inf: a NaN learning rate trains NaN models
+        try:
+            number = float(value)
+        except OverflowError:  # an integer past float's range
+            number = math.inf
+        if not math.isfinite(number):  # YAML's .nan / .inf: a NaN learning rate trains NaN models
             raise ConfigError(f"{key}={value!r}: expected a finite number")
-        return float(value)
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}={value!r}: expected a string")

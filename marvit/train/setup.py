@@ -12,6 +12,7 @@ the run (schedule, model, mask, data) is refused unless ``train.allow_config_cha
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -218,7 +219,14 @@ def take_lock(lock: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.link(tmp, lock)
+        try:
+            os.link(tmp, lock)
+        except OSError as e:  # a file system without hard links: exclusive create, then write
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
     except FileExistsError:
         raise
     except OSError as e:
