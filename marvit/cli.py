@@ -5,8 +5,9 @@ Each subcommand's implementation is imported only when that subcommand runs, so 
 
 A bad input (a missing file, a wrong key or value, a corrupt checkpoint or shard) raises
 :class:`marvit.errors.InputError` somewhere below; here it becomes one line on stderr, naming the input, and
-exit status 2, without a traceback (``--debug`` or ``MARVIT_DEBUG=1`` shows it). Any other exception is a
-bug and keeps its traceback.
+exit status 2, without a traceback (``--debug`` or ``MARVIT_DEBUG=1`` shows it); so does an OSError of the
+machine (no space, permission, read-only file system), naming the path and the errno. A diverged run exits
+3 and a run stopped by a signal 75 (docs/faults.md). Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -146,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--views", default=None,
                            help="CLIPSxCROPS, e.g. 5x3 (default: data.test_clips x data.test_crops)")  # fmt: skip
             p.add_argument("--no-mask", action="store_true", help="evaluate without the evaluation mask")
+            p.add_argument("--out", default="eval_out",
+                           help="directory for eval.json (written after the result is printed)")  # fmt: skip
         if name == "profile":
             p.add_argument("--steps", type=int, default=4, help="profiled training steps per scheme")
             p.add_argument("--out", default="profile_out", help="output directory")
@@ -279,6 +282,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         name = f"{cmd} {ns.bench}" if cmd == "bench" else cmd
         print(f"marvit {name}: {e}", file=sys.stderr)
+        return getattr(e, "status", 2)  # a diverged run: 3 (marvit/train/guard.py)
+    except OSError as e:  # the machine's, not marvit's: a full disk, a permission, a read-only mount
+        from marvit.train.fsio import ENVIRONMENT_ERRNOS, describe
+
+        if debug or e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        name = f"{cmd} {ns.bench}" if cmd == "bench" else cmd
+        print(f"marvit {name}: {describe(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"marvit {cmd}: interrupted", file=sys.stderr)

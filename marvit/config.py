@@ -8,6 +8,7 @@ key, the value and what is allowed. This module imports nothing else of marvit.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -268,9 +269,14 @@ class TrainConfig:
     eval_checkpoint: Literal["last", "best"] = "last"
     save_interval: int = 0  # optimizer steps between checkpoints; 0 = at the end of every epoch
     keep_last: int = 2
+    # skip an update whose gradients are not finite (counted) and stop after this many in a row; 0 = off:
+    # the first non-finite loss stops the run. On, it costs one host sync per step (marvit/train/guard.py)
+    skip_nonfinite: int = 0
 
     def validate(self, prefix: str = "train") -> None:
         _positive(self, prefix, ["epochs", "accum_steps", "log_interval", "keep_last"])
+        if self.skip_nonfinite < 0:
+            raise ConfigError(f"{prefix}.skip_nonfinite={self.skip_nonfinite}: must be >= 0 (0 = off)")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ConfigError(f"{prefix}.max_steps={self.max_steps}: must be positive or null")
         if self.global_batch is not None and self.global_batch <= 0:
@@ -337,12 +343,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config file {str(path)!r} is a directory; expected a YAML file")
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8"
+            ) from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        _check_expansion(raw, str(path))
         if not isinstance(raw, dict):
             raise ConfigError(
                 f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}"
@@ -367,16 +380,50 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {p!r} is not a section")
+        _check_expansion(parsed, f"override {key}")
         node[parts[-1]] = parsed
     return config_from_dict(raw)
+
+
+MAX_NODES = 100_000  # a config has a few hundred values; YAML aliases can make billions of one line
+
+
+def _check_expansion(raw: Any, where: str) -> None:
+    """Refuse YAML whose aliases expand past :data:`MAX_NODES` values, or refer to themselves: safe_load
+    builds shared objects cheaply, but every later walk (checks, printing, saving) expands them."""
+    sizes: dict[int, int] = {}
+
+    def size(x: Any) -> int:
+        if not isinstance(x, dict | list):
+            return 1
+        if id(x) in sizes:
+            if sizes[id(x)] < 0:
+                raise ConfigError(f"{where}: a YAML alias refers to itself (a recursive value)")
+            return sizes[id(x)]
+        sizes[id(x)] = -1
+        items = [*x.keys(), *x.values()] if isinstance(x, dict) else x
+        n = 1
+        for v in items:
+            n += size(v)
+            if n > MAX_NODES:
+                raise ConfigError(
+                    f"{where}: YAML aliases expand to more than {MAX_NODES} values (an alias bomb?)"
+                )
+        sizes[id(x)] = n
+        return n
+
+    try:
+        size(raw)
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply") from None
 
 
 def config_from_dict(raw: dict[str, Any]) -> Config:
     unknown = set(raw) - {f.name for f in fields(Config)}
     if unknown:
         raise ConfigError(f"unknown config section(s) {sorted(unknown)}; allowed: model, mask, data, train")
+    _check_mapping(raw.get("model") or {}, "model")
     model_raw = dict(raw.get("model") or {})
-    _check_mapping(model_raw, "model")
     for key in DATA_OWNED:
         if key in model_raw:
             raise ConfigError(
@@ -396,7 +443,8 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
 
 def _check_mapping(raw: Any, prefix: str) -> None:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix}: expected a mapping of keys, got {raw!r}")
+        shown = repr(raw) if len(repr(raw)) <= 80 else repr(raw)[:77] + "..."
+        raise ConfigError(f"{prefix}: expected a mapping of keys, got {type(raw).__name__} {shown}")
 
 
 def _build(cls: type, raw: dict[str, Any], prefix: str, base: Any = None) -> Any:
@@ -418,13 +466,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        for a in args:
-            if a is type(None):
-                continue
+        options = [a for a in args if a is not type(None)]
+        for a in options:
             try:
                 return _coerce(value, a, key)
-            except ConfigError:
-                pass
+            except ConfigError as e:
+                if len(options) == 1 and type(value) in (int, float):  # e.g. a NaN for float | None
+                    raise e from None
         raise ConfigError(f"{key}={value!r}: expected {_type_name(tp)}")
     if origin is Literal:
         if value not in args:
@@ -450,7 +498,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}={value!r}: expected a number")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer past float's range
+            number = math.inf
+        if not math.isfinite(number):  # YAML's .nan / .inf: a NaN learning rate trains NaN models
+            raise ConfigError(f"{key}={value!r}: expected a finite number")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}={value!r}: expected a string")

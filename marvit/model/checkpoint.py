@@ -305,6 +305,9 @@ def load_pretrained(model: nn.Module, path: str | Path, ignore_head_mismatch: bo
                 "(does the model config match the checkpoint's size, tubelet and patch?)"
             )
         to_load[k] = v.to(own[k].dtype)
+    bad = [k for k, v in to_load.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:  # one NaN tensor makes every loss NaN from the first step
+        raise InputError(f"{path}: non-finite values (NaN or inf) in {len(bad)} tensor(s): {bad[:5]}")
     result = model.load_state_dict(to_load, strict=False)
     # strict accounting after the non-strict load: exactly what was offered loaded, exactly the rest missing
     missing = sorted(set(own) - set(to_load))

@@ -21,12 +21,18 @@ Resuming: ``train.resume=auto`` continues from the newest checkpoint in ``train.
 optimizer, step, epoch, position in the epoch and RNG states, so the schedule and data order go on as if the
 run had not stopped. Under ``torchrun --max-restarts`` a crashed group restarts and resumes the same way.
 The run owns its out_dir (see :class:`marvit.train.setup.RunDir`).
+
+Faults (:mod:`marvit.train.guard`, docs/faults.md): a non-finite loss (log interval) or weight (before an
+evaluation or a save) stops the run, exit 3, with no checkpoint of it; SIGTERM/SIGINT/SIGUSR1 save at a step
+the ranks agree on (the log interval's all-reduce) and exit 75; data loading and evaluation draw nothing
+from the training RNG stream, so a resumed run is the uninterrupted one.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -39,7 +45,7 @@ from tqdm import tqdm
 from marvit.config import Config, ConfigError
 from marvit.errors import InputError
 from marvit.model import build_model, load_pretrained
-from marvit.pipeline.manifest import atomic_write_bytes, atomic_write_json
+from marvit.train import guard
 from marvit.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -48,6 +54,9 @@ from marvit.train.checkpoint import (
     set_rng_state,
 )
 from marvit.train.evaluate import evaluate
+from marvit.train.fsio import append_line
+from marvit.train.fsio import write_file as atomic_write_bytes
+from marvit.train.fsio import write_json as atomic_write_json
 from marvit.train.optim import build_optimizer, cosine_lr, set_lr
 from marvit.train.recipe import accumulation, format_table, official_for, peak_lr, resolve_recipe
 from marvit.train.scheme import resolve
@@ -75,15 +84,17 @@ def train(cfg: Config) -> int:
     run = RunDir(tc.out_dir)
     if master:
         run.acquire()  # refuses while another run uses this out_dir
+    stop = guard.StopSignals().install()  # SIGTERM/SIGINT/SIGUSR1: save at the agreed step, then exit
     try:
-        return _train(cfg, scheme, splits, dd, run)
+        return _train(cfg, scheme, splits, dd, run, stop)
     finally:
+        stop.restore()
         run.release()
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(cfg: Config, scheme, splits: set[str], dd, run: RunDir) -> int:
+def _train(cfg: Config, scheme, splits: set[str], dd, run: RunDir, stop: guard.StopSignals) -> int:
     tc, device, rank, world, master = cfg.train, dd.device, dd.rank, dd.world, dd.master
     out_dir = run.path
 
@@ -108,6 +119,7 @@ def _train(cfg: Config, scheme, splits: set[str], dd, run: RunDir) -> int:
                 )
         print(cfg.to_yaml())
         atomic_write_bytes(out_dir / "config.yaml", cfg.to_yaml().encode())
+        (out_dir / guard.PREEMPTED).unlink(missing_ok=True)  # this run goes on from where that one stopped
         check_shards(cfg, splits)  # every shard against the manifest before the first step
     mask_gen = seed_everything(tc.seed, rank, device)
     amp_dtype = torch.bfloat16 if (tc.amp and device.type == "cuda") else None
@@ -172,6 +184,8 @@ def _train(cfg: Config, scheme, splits: set[str], dd, run: RunDir) -> int:
     metrics = open(out_dir / "metrics.jsonl", "a") if master else None  # noqa: SIM115 - lives for the run
     tb = _tensorboard(out_dir) if master else None
     sums = torch.zeros(3, device=device)  # loss, ce, mse summed over micro-steps since the last log
+    step_sums = torch.zeros(3, device=device)  # this step's share of sums (a skipped update's is dropped)
+    skipper = guard.UpdateSkipper(tc.skip_nonfinite)
     zero = torch.zeros((), device=device)  # the ce or mse a scheme does not have
     count, clips, wait, t_log, t_start = 0, 0, 0.0, time.perf_counter(), time.perf_counter()
     bar = tqdm(total=total_steps, initial=step, desc=scheme.name, disable=not master, dynamic_ncols=True)
@@ -189,7 +203,7 @@ def _train(cfg: Config, scheme, splits: set[str], dd, run: RunDir) -> int:
         fault_injection(step)
         for i in range(accum):
             t0 = time.perf_counter()
-            batch = next(batches)
+            batch = guard.next_batch(batches)  # the loader's draws stay off the training RNG stream
             wait += time.perf_counter() - t0
             video, target = batch["video"], batch["label"]
             if mixup is not None:
@@ -198,13 +212,18 @@ def _train(cfg: Config, scheme, splits: set[str], dd, run: RunDir) -> int:
             with nullcontext() if sync else model.no_sync():
                 losses = forward_loss(model, scheme, video, target, mask_gen, amp_dtype)
                 (losses["loss"] / accum).backward()
-            sums += torch.stack([losses["loss"].detach().float(), losses.get("ce", zero).detach().float(),
-                                 losses.get("mse", zero).detach().float()])  # fmt: skip
+            step_sums += torch.stack([losses["loss"].detach().float(), losses.get("ce", zero).detach().float(),
+                                      losses.get("mse", zero).detach().float()])  # fmt: skip
             count += 1
             clips += video.shape[0]
         if tc.clip_grad:
             torch.nn.utils.clip_grad_norm_(raw_model.parameters(), tc.clip_grad)
-        optimizer.step()
+        if skipper.skip(raw_model, step + 1, out_dir):  # train.skip_nonfinite (a sync point when on)
+            count -= accum
+        else:
+            optimizer.step()
+            sums += step_sums
+        step_sums.zero_()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         micro += accum
@@ -215,17 +234,23 @@ def _train(cfg: Config, scheme, splits: set[str], dd, run: RunDir) -> int:
         last = step == total_steps
 
         # ---- log (the only host syncs of a step) ----------------------------------------------
+        stopping = stop.requested and world == 1  # one process: a signal is seen at once, no sync
         if step % tc.log_interval == 0 or last:
-            skipped = torch.tensor([float(loader.skipped()["count"])], device=device)
+            # the stop request rides on the skipped-count all-reduce: the ranks agree on this step
+            skipped = torch.tensor([float(loader.skipped()["count"]), float(stop.requested)], device=device)
             if world > 1:
                 dist.all_reduce(sums)  # sync point (log interval only)
                 dist.all_reduce(skipped)
                 sums /= world
             vals = (sums / max(count, 1)).tolist()  # sync point
+            stopping = bool(skipped[1] > 0)
+            if count:  # the interval's mean loss, the same value on every rank
+                guard.check_loss(vals[0], step, out_dir)
             dt = time.perf_counter() - t_log
             _log(metrics, tb, {"step": step, "epoch": epoch, "loss": vals[0], "ce": vals[1], "mse": vals[2],
                                "lr": lr, "clips_per_s": clips * world / dt, "data_wait": wait / dt,
-                               "skipped": int(skipped.item()), "mem_mb": memory_mb(device),
+                               "skipped": int(skipped[0]), "skipped_updates": skipper.total,
+                               "mem_mb": memory_mb(device),
                                "time": time.perf_counter() - t_start})  # fmt: skip
             bar.set_postfix(loss=f"{vals[0]:.4f}", lr=f"{lr:.2e}")
             sums.zero_()
@@ -233,10 +258,13 @@ def _train(cfg: Config, scheme, splits: set[str], dd, run: RunDir) -> int:
 
         # ---- evaluate and save: the one place ---------------------------------------------------
         due_eval = last or (epoch_end and (tc.eval_interval == 0 or epoch % tc.eval_interval == 0))
-        due_save = last or (step % tc.save_interval == 0 if tc.save_interval else epoch_end)
+        due_save = last or stopping or (step % tc.save_interval == 0 if tc.save_interval else epoch_end)
         is_best = False
-        if due_eval and val_loader is not None:
-            res = evaluate(raw_model, val_loader, scheme, device, amp_dtype)
+        if due_eval or due_save:  # never evaluate, mark best or save non-finite weights
+            guard.check_weights(raw_model, step, out_dir)
+        if due_eval and val_loader is not None and not stopping:
+            with guard.data_rng():  # evaluation draws nothing from the training stream
+                res = evaluate(raw_model, val_loader, scheme, device, amp_dtype)
             is_best, best = res["top1"] > best, max(best, res["top1"])
             last_eval = res
             _log(metrics, tb, {"step": step, "epoch": epoch, **{f"val_{k}": v for k, v in res.items()},
@@ -253,6 +281,8 @@ def _train(cfg: Config, scheme, splits: set[str], dd, run: RunDir) -> int:
                 "schedule": schedule,
             }
             _save(out_dir, raw_model, optimizer, train_state, mask_gen, cfg, world, master, is_best)
+        if stopping and not last:
+            return _stopped(out_dir, stop, step, master, metrics, tb, bar, world)
     bar.close()
     test = _final_test(cfg, scheme, raw_model, out_dir, splits, dd, amp_dtype)
 
@@ -262,7 +292,7 @@ def _train(cfg: Config, scheme, splits: set[str], dd, run: RunDir) -> int:
         result = {"scheme": scheme.name, "steps": step, "epochs": epoch,
                   "train_time_s": time.perf_counter() - t_start, "global_batch": global_batch,
                   "videos_per_step": recipe.videos_per_step, "accum_steps": accum, "peak_lr": peak,
-                  "world_size": world, "skipped": skipped}  # fmt: skip
+                  "world_size": world, "skipped": skipped, "skipped_updates": skipper.total}  # fmt: skip
         if last_eval is not None:
             result.update(last_eval)
             result["val"] = last_eval  # the last one-view validation
@@ -309,6 +339,27 @@ def _final_test(cfg: Config, scheme, model, out_dir: Path, splits: set[str], dd,
     return {**res, "eval_checkpoint": which, "test_views": f"{d.test_clips}x{d.test_crops}"}
 
 
+def _stopped(out_dir: Path, stop: guard.StopSignals, step: int, master: bool, metrics, tb, bar,
+             world: int) -> int:  # fmt: skip
+    """After the agreed step's checkpoint: say where it is, leave the marker a requeue script reads."""
+    bar.close()
+    if master:
+        from marvit.train.checkpoint import latest_checkpoint
+
+        ckpt = latest_checkpoint(out_dir)
+        atomic_write_json(out_dir / guard.PREEMPTED, {"signal": stop.received or "another rank's", "step": step,
+                          "checkpoint": str(ckpt), "status": guard.EXIT_PREEMPTED})  # fmt: skip
+        metrics.close()
+        if tb is not None:
+            tb.close()
+        who = stop.received or "a signal to another rank"
+        print(f"marvit train: stopped by {who} after step {step}; saved {ckpt}; continue with "
+              "train.resume=auto", file=sys.stderr)  # fmt: skip
+    if world > 1:
+        dist.barrier()
+    return guard.EXIT_PREEMPTED
+
+
 def _gather_skipped(loader, val_loader, world: int) -> dict:
     """Samples the loaders skipped (missing members, undecodable videos), summed over the ranks."""
     mine: dict[str, int] = {}
@@ -338,8 +389,7 @@ def _tensorboard(out_dir: Path):
 def _log(metrics, tb, record: dict) -> None:
     if metrics is None:
         return
-    metrics.write(json.dumps(record) + "\n")
-    metrics.flush()
+    append_line(metrics, metrics.name, json.dumps(record) + "\n")
     if tb is not None:
         for k, v in record.items():
             if isinstance(v, int | float) and not isinstance(v, bool) and k != "step":

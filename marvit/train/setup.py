@@ -12,6 +12,7 @@ the run (schedule, model, mask, data) is refused unless ``train.allow_config_cha
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -30,13 +31,14 @@ import yaml
 
 from marvit.config import Config, ConfigError
 from marvit.errors import InputError
-from marvit.pipeline.manifest import atomic_write_bytes, load_manifest, writable_dir
+from marvit.pipeline.manifest import load_manifest, writable_dir
+from marvit.train.fsio import write_file as atomic_write_bytes
 
 # config keys a resumed run may change: where things are and how often it reports, not what it computes
 RESUMABLE_CHANGES = {
     "train.out_dir", "train.resume", "train.device", "train.log_interval", "train.eval_interval",
     "train.save_interval", "train.keep_last", "train.allow_config_change", "train.compile",
-    "data.root", "data.cache_dir", "data.num_workers", "data.backend", "model.pretrained",
+    "data.root", "data.cache_dir", "data.num_workers", "data.backend", "model.pretrained", "train.skip_nonfinite",
 }  # fmt: skip
 
 
@@ -212,6 +214,44 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def take_lock(lock: Path, data: bytes) -> None:
+    """Create ``lock`` holding ``data``, complete or not at all: written to a temporary, then hard-linked
+    into place (``link`` fails with FileExistsError when the lock exists, as ``O_EXCL`` does). A full disk
+    raises an OSError naming the lock and leaves nothing behind."""
+    from marvit.train import fsio
+
+    tmp = lock.with_name(f".{lock.name}.{os.getpid()}.tmp")
+    try:
+        fsio.fault(lock)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, lock)
+        except OSError as e:  # a file system without hard links: exclusive create, then write
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(lock)) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _debris(lock: Path, grace_s: float = 5.0) -> bool:
+    """An unreadable lock older than ``grace_s``: locks are linked into place complete, so it is what a
+    failed write of an older marvit left (the grace covers such a writer that is still writing)."""
+    try:
+        return time.time() - lock.stat().st_mtime > grace_s
+    except OSError:
+        return False
+
+
 class RunDir:
     """``train.out_dir``, owned by one run: lock, stale-file cleanup, metrics, config comparison."""
 
@@ -229,11 +269,15 @@ class RunDir:
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
         for _ in range(2):
             try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                take_lock(lock, (json.dumps(me) + "\n").encode())
             except FileExistsError:
                 holder = self._holder(lock)
                 if holder is not None and self._is_stale(holder):
                     print(f"{lock}: taking over the stale lock of pid {holder['pid']} (no longer running)")
+                    lock.unlink(missing_ok=True)
+                    continue
+                if holder is None and _debris(lock):
+                    print(f"{lock}: taking over an empty or unreadable lock (left by a failed write)")
                     lock.unlink(missing_ok=True)
                     continue
                 who = "an unreadable lock" if holder is None else f"pid {holder['pid']} on {holder['host']}"
@@ -242,8 +286,6 @@ class RunDir:
                     "choose another train.out_dir, or wait for that run to end (remove the lock file only "
                     "if you are sure no run uses it)"
                 ) from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
             self._locked = True
             return
         raise InputError(f"{lock}: could not take the lock; another run may be starting in this directory")
