@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -237,6 +238,8 @@ class TrainConfig:
     base_lr: float = 1e-3  # the peak lr, absolute (the official runs: ADJUST_LR false)
     scale_lr: bool = False  # true: peak lr = base_lr * videos per step / 256 (VideoMAE's rule, an option)
     min_lr: float = 1e-6
+    # the warm-up's first lr: official MAR _BASE files OPTIMIZER.WARMUP_START_LR 1e-6 (VideoMAE --warmup_lr 1e-6)
+    warmup_lr: float = 1e-6
     warmup_epochs: float = 5.0
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
@@ -285,6 +288,9 @@ class TrainConfig:
             raise ConfigError(f"{prefix}.eval_interval={self.eval_interval}: must be >= 0 (epochs)")
         if self.base_lr <= 0:
             raise ConfigError(f"{prefix}.base_lr={self.base_lr}: must be positive")
+        for key in ("min_lr", "warmup_lr"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"{prefix}.{key}={getattr(self, key)}: must be >= 0")
         if not 0 < self.layer_decay <= 1:
             raise ConfigError(f"{prefix}.layer_decay={self.layer_decay}: must be in (0, 1]")
         if self.recon_weight < 0:
@@ -496,6 +502,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}={value!r}: expected an integer")
         return value
     if tp is float:
+        if isinstance(value, str) and _EXP_NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-6 (no dot) as a string; a user means the number
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}={value!r}: expected a number")
         try:
@@ -510,6 +518,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}={value!r}: expected a string")
         return value
     raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - a bug in the dataclasses
+
+
+_EXP_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
 
 
 def _type_name(tp: Any) -> str:

@@ -126,3 +126,11 @@ def test_shipped_recipes_follow_table_i(name, scheme):
     assert cfg.train.scheme == scheme
     if scheme == "mar":
         assert cfg.train.recon_weight == lam
+
+
+def test_a_number_in_exponent_form_without_a_dot_is_a_number():
+    # YAML 1.1 (pyyaml) reads "1e-6" as a string; "1.0e-6" as a float: both mean the number
+    assert load_config(None, ["train.min_lr=1e-6"]).train.min_lr == 1e-6
+    assert load_config(None, ["train.min_lr=2E-5"]).train.min_lr == 2e-5
+    with pytest.raises(ConfigError, match="train.min_lr='1e-6x': expected a number"):
+        load_config(None, ["train.min_lr=1e-6x"])

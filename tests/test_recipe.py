@@ -422,7 +422,7 @@ def test_a_run_resumed_on_another_gpu_count_keeps_batch_lr_and_schedule(tmp_path
     assert min(lrs) < 4 < max(lrs) == 8  # logged before and after the resume
     # one schedule over both runs: 32 clips / 8 per step = 4 steps per epoch, 2 epochs, warm-up half an epoch
     for s, lr in lrs.items():
-        assert lr == pytest.approx(cosine_lr(s - 1, 8, 2, 0.002, 1e-6)), s
+        assert lr == pytest.approx(cosine_lr(s - 1, 8, 2, 0.002, 1e-6, start=1e-6)), s
 
 
 @pytest.mark.parametrize("which", ["last", "best"])

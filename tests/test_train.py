@@ -212,3 +212,13 @@ def test_a_run_ends_evaluated_whatever_the_eval_interval(tmp_path):
     ]
     assert [e["step"] for e in evals] == [16]
     assert evals[-1]["val_top1"] == res["top1"]
+
+
+def test_warm_up_starts_from_warmup_lr():
+    # official MAR _BASE: WARMUP_START_LR 1e-6 -> BASE_LR over the warm-up, linearly
+    assert cosine_lr(0, 100, 10, 1e-3, 1e-6, start=1e-6) == 1e-6
+    assert cosine_lr(5, 100, 10, 1e-3, 1e-6, start=1e-6) == pytest.approx((1e-6 + 1e-3) / 2)
+    assert cosine_lr(10, 100, 10, 1e-3, 1e-6, start=1e-6) == pytest.approx(1e-3)
+    assert load_config(None, ["train.warmup_lr=1e-6"]).train.warmup_lr == 1e-6
+    with pytest.raises(ConfigError, match="train.warmup_lr=-1.0"):
+        load_config(None, ["train.warmup_lr=-1"])

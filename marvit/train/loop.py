@@ -198,7 +198,7 @@ def _train(cfg: Config, scheme, splits: set[str], dd, run: RunDir, stop: guard.S
         if batches is None:  # a new epoch, or the resume point inside one
             loader.set_epoch(epoch)
             batches = loader.iter_from(micro)
-        lr = cosine_lr(step, total_steps, warmup_steps, peak, tc.min_lr)
+        lr = cosine_lr(step, total_steps, warmup_steps, peak, tc.min_lr, tc.warmup_lr)
         set_lr(optimizer, lr)
         fault_injection(step)
         for i in range(accum):

@@ -52,10 +52,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.opti
     return torch.optim.AdamW(params, lr=lr, betas=cfg.betas, fused=fused)
 
 
-def cosine_lr(step: int, total: int, warmup: int, peak: float, floor: float) -> float:
-    """Linear warm-up from 0 to ``peak`` over ``warmup`` steps, then cosine to ``floor`` at ``total``."""
+def cosine_lr(step: int, total: int, warmup: int, peak: float, floor: float, start: float = 0.0) -> float:
+    """Linear warm-up from ``start`` to ``peak`` over ``warmup`` steps, then cosine to ``floor`` at ``total``."""
     if step < warmup:
-        return peak * step / max(1, warmup)
+        return start + (peak - start) * step / max(1, warmup)
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
