@@ -166,6 +166,12 @@ class DataConfig:
     test_crops: int = 3
     batch_size: int = 8  # per process
     num_workers: int = 4
+    # DALI graphs per rank, read round-robin (each a part of the rank's samples): more keep more of a GPU's
+    # video decoders busy (`marvit bench pipeline` measures 1, 2, 4, 7)
+    dali_pipelines: int = 1
+    # before training: "size" checks each shard's size and sample count against the manifest; "checksum"
+    # also its sha256 (reads every byte)
+    verify: Literal["size", "checksum"] = "size"
     # augmentation
     flip: bool = True
     # for direction-sensitive data sets: class index -> class index after a horizontal flip
@@ -184,7 +190,7 @@ class DataConfig:
 
     def validate(self, prefix: str = "data") -> None:
         _positive(self, prefix, ["num_frames", "sampling_rate", "img_size", "test_short_side", "test_clips",
-                                 "test_crops", "batch_size", "repeated_aug"])  # fmt: skip
+                                 "test_crops", "batch_size", "repeated_aug", "dali_pipelines"])  # fmt: skip
         if self.num_workers < 0:
             raise ConfigError(f"{prefix}.num_workers={self.num_workers}: must be >= 0")
         if self.test_short_side < self.img_size:

@@ -11,7 +11,12 @@ Every loader it returns keeps one contract:
 - ``loader.iter_from(k)``: the current epoch's batches from batch ``k`` on (resume), and
   ``iter(loader) == loader.iter_from(0)``;
 - ``loader.skipped()``: ``{"count": int, "reasons": {reason: count}, "samples": [...]}``, the samples
-  skipped so far on this rank (a missing member, a video that does not decode), each reason warned once.
+  skipped so far on this rank (a missing member, a video that does not decode, ``.cls`` and ``.json``
+  naming different classes, a shard changed or cut short under the loader), each reason warned once; and
+  ``"repeated": int`` when an epoch that lost samples was filled with repeats of others.
+
+The contract and every stage after decoding live once, in :mod:`.core`; a backend only produces uint8
+clips, labels and flip flags.
 
 Batches are dicts:
 
@@ -36,6 +41,7 @@ if TYPE_CHECKING:
     import torch
 
     from marvit.pipeline.augment import VideoMixup, mixup_fn
+    from marvit.pipeline.core import LoaderCore
 
 __all__ = ["build_loader", "mixup_fn", "VideoMixup", "resolve_backend", "check_shards"]
 
@@ -95,8 +101,8 @@ def build_loader(
     epoch: int = 0,
     num_classes: int | None = None,
     shards: str | None = None,
-):
-    """A loader (the contract above) over ``split`` of ``data_cfg.root`` (or of ``shards``, a directory or
+) -> LoaderCore:
+    """A loader (the contract above, kept by :class:`marvit.pipeline.core.LoaderCore`) over ``split`` of ``data_cfg.root`` (or of ``shards``, a directory or
     pattern), with the backend ``data_cfg.backend`` names.
 
     ``train`` defaults to ``split == "train"``. ``num_classes`` is needed by the synthetic backend (its

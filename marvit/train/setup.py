@@ -173,14 +173,15 @@ def check_data(cfg: Config, need_val: bool = False) -> set[str]:
 
 def check_shards(cfg: Config, splits: set[str]) -> None:
     """Every shard of the splits the run reads against the manifest, before any step: present, of the
-    recorded size, with the recorded sample count (tar headers and index). Checksums are left to
-    ``marvit verify``: hashing hundreds of GB at every start would cost more than a bad shard."""
+    recorded size, with the recorded sample count (tar headers and index); their sha256 too with
+    ``data.verify=checksum`` (off by default: hashing hundreds of GB at every start costs more than a bad
+    shard, which ``marvit verify`` finds)."""
     if cfg.data.backend == "synthetic":
         return
     from marvit.pipeline.shards import check_shards as check
 
     for split in sorted(splits & {"train", "val"}):
-        check(cfg.data.root, split, checksums=False)
+        check(cfg.data.root, split, checksums=cfg.data.verify == "checksum")
 
 
 def build_data_loader(cfg: Config, split: str, train: bool, rank: int, world: int, device, epoch: int = 0):
