@@ -29,7 +29,7 @@ def synthetic_clip(
     label = index % num_classes
     angle = 2 * math.pi * label / num_classes
     freq = 2 * math.pi / (size / 4)
-    phase0 = float(torch.rand(1, generator=g)) * 2 * math.pi
+    phase0 = torch.rand((), generator=g) * (2 * math.pi)  # a 0-d tensor: never read back
     t = torch.arange(frames, dtype=torch.float32).view(frames, 1, 1)
     y = torch.arange(size, dtype=torch.float32).view(1, size, 1)
     x = torch.arange(size, dtype=torch.float32).view(1, 1, size)
@@ -61,11 +61,10 @@ class SyntheticLoader(LoaderCore):
         """Batch ``k`` of the current epoch on this rank (random access: resuming needs no replay)."""
         b = self.batch_size
         if self.train:
-            order = torch.randperm(
-                self.num_samples, generator=torch.Generator().manual_seed(self.seed + self.epoch)
-            )
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_samples, generator=g).numpy()  # host ints, no tensor reads
         else:
-            order = torch.arange(self.num_samples)
+            order = range(self.num_samples)
         ids = [(k * b + j) * self.world_size + self.rank for j in range(b)]
         ids = [int(order[i]) for i in ids if i < self.num_samples]
         clips, labels = zip(*(synthetic_clip(i, self.seed, self.num_classes, self.cfg.num_frames,
