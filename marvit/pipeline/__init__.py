@@ -63,16 +63,9 @@ def __getattr__(name: str) -> Any:
 
 def resolve_backend(backend: str, device: torch.device | str | None = None) -> str:
     """The backend ``data.backend`` names; "auto" is the faster one for ``device`` (None: CUDA when there is
-    one), as measured with ``marvit bench pipeline --clips 64`` at 16x224 (training augmentation):
-
-    - on a GPU, DALI ("mixed" decoding on NVDEC and the augmentation on the GPU: the CPUs stay free for the
-      readers), when DALI imports and decodes;
-    - on a CPU, PyAV: issue 11 measured PyAV 58.7 against DALI's CPU graph 40.8 clips/s; re-measured on a
-      shared 2-core CPU (24 clips of 96 frames at 320x240, batch 4, 2 workers, the recipe's augmentation)
-      PyAV 8.2-8.7 clips/s at 157-162 CPU ms per clip, DALI 6.4 at 198. DALI 2.1's CPU decoder decodes
-      every frame from the first one to the last asked for (``frames=``, ``start_frame`` and
-      ``build_index`` alike: asking for frames 80-95 of 96 costs as much as decoding all 96), while the
-      PyAV loader seeks to the keyframe before the first sampled frame.
+    one): on a GPU, DALI ("mixed" decoding on NVDEC and the augmentation on the GPU: the CPUs stay free for
+    the readers), when DALI imports and decodes; on a CPU, PyAV, which seeks where DALI's CPU decoder
+    decodes from the first frame (measured in :mod:`marvit.pipeline.dali_loader`, "Decode work").
     """
     if backend not in BACKENDS:
         raise InputError(f"data.backend={backend!r}: expected one of {', '.join(repr(b) for b in BACKENDS)}")

@@ -1,7 +1,7 @@
-"""The DALI loader: shards -> decoded, sampled, augmented clips in one DALI graph -> normalized batches.
+"""The DALI loader: shards -> decoded, sampled, augmented uint8 clips in DALI graphs -> the loader core.
 
-Graph (one ``@pipeline_def``): ``fn.readers.webdataset`` (named "reader", sharded by rank with
-``shard_id``/``num_shards``, shuffled in training, padded last batch and ``stick_to_shard`` in evaluation,
+Graph (one ``@pipeline_def``): ``fn.readers.webdataset`` (named "reader", sharded by rank and pipeline with
+``shard_id``/``num_shards``, reading files rather than mapping them, shuffled in training, padded last batch and ``stick_to_shard`` in evaluation,
 samples that lack a member skipped) -> a small Python operator that reads ``KEY.json``/``KEY.cls`` and turns
 the frame count plus DALI-drawn uniforms into frame indices with :mod:`marvit.pipeline.sampling` (the same
 functions the PyAV loader uses) -> ``fn.decoders.video(frames=...)`` ("mixed" on a GPU, "cpu" otherwise),
@@ -12,16 +12,21 @@ training: :func:`train_views`, the recipe of :class:`marvit.pipeline.augment.Aug
 box per clip, ``fn.flip`` with one coin per view); test: short-side resize, then ``test_crops`` crops along
 the long side of ``test_clips`` windows decoded in one call.
 
-The graph hands over uint8 FHWC. Normalization to float ``(B, 3, T, H, W)`` and random erasing run on the
-device batch with the PyAV loader's code (:func:`marvit.pipeline.augment.normalize`, ``erase_clips_``): on
+The graph hands over uint8 FHWC, the labels and the flip coins. Normalization to float ``(B, 3, T, H, W)``,
+the flip-label remap and random erasing run on the device batch in the loader core
+(:mod:`marvit.pipeline.core`, shared with every backend): on
 a GPU that is free and moves 4x fewer bytes out of DALI, on a CPU numpy normalizes faster than
 ``crop_mirror_normalize``, and DALI's ``fn.erase`` fills constants only, not timm's per-pixel noise.
 
-Decode work: the decoder stops after the last index, but DALI 2.1's CPU decoder does not seek forward
-(measured: frames 80-95 of a 96-frame GOP-16 clip cost as much as all 96; ``start_frame`` and
-``build_index`` change nothing), so a clip decodes from frame 0; the PyAV loader seeks to the keyframe
-before its first frame. Trimming the mp4 to the needed GOPs in the Python operator (a PyAV remux, about
-8 ms per clip here) is the way left to try; NVDEC ("mixed") is not measured here.
+Decode work, and why ``data.backend=auto`` is PyAV on a CPU (the one place this measurement is stated):
+the decoder stops after the last index, but DALI 2.1's CPU decoder does not seek forward (frames 80-95 of
+a 96-frame GOP-16 clip cost 132 ms, frames 0-15 41 ms; ``start_frame`` and ``build_index`` change
+nothing), so a clip decodes from frame 0, while the PyAV loader seeks to the keyframe before its first
+frame. ``marvit bench pipeline --shards DIR --backend {pyav,dali} --clips 64`` (16x224 training clips,
+batch 4, 2 workers, 24 clips of 96 frames at 320x240) gave PyAV 58.7 and DALI's CPU graph 40.8 clips/s on
+a quiet 2-core CPU, 8.2-8.7 and 6.4 on the same CPU shared with other jobs. Trimming the mp4 to the needed
+GOPs in the Python operator (a PyAV remux, about 8 ms per clip here) is the way left to try; NVDEC
+("mixed") is measured by ``marvit doctor`` on a GPU (:mod:`marvit.bench.datapath`).
 
 Why a Python operator for the frame count: the sampler needs it before decoding and no DALI operator
 reports a video's length without decoding it; ``marvit convert`` writes it to ``KEY.json``. Parsing a tiny
@@ -31,16 +36,26 @@ Class mixing: every training pass builds the graph over the shards in an order p
 the same on every rank, so each rank reads a different contiguous part of a different order every epoch;
 the reader samples from a shuffle buffer of ``SHUFFLE_BUFFER`` samples (``initial_fill``).
 
-Epochs: ``len(loader)`` = ``(num_samples // world_size) // batch_size`` training batches on every rank, so
-DDP ranks step together. ``iter_from(k)`` builds the pass afresh and runs (replays) its first ``k`` batches:
-DALI's reader has no random access. In evaluation DALI pads every rank's shard to ``ceil(N / world_size)``
-samples and the last batch to full size; the loader returns only real samples: each sample exactly once per
-epoch over all ranks.
+Several pipelines per rank (``data.dali_pipelines`` P): pipeline p of rank r reads reader shard ``r * P + p``
+of ``world_size * P`` and batches come from them in turn, so while one is consumed the others decode
+ahead (one pipeline drives one of a GPU's video decoder engines: NVIDIA/DALI issue 6387). Each sample is
+read by one pipeline of one rank, once per epoch.
+
+Epochs: ``len(loader)`` = :func:`marvit.pipeline.core.epoch_batches` training batches on every rank (each
+pipeline gives full batches of its own samples only; with one pipeline ``(num_samples // world_size) //
+batch_size``), so DDP ranks step together. ``iter_from(k)`` builds the pass afresh and runs (replays) its
+first ``k`` batches: DALI's reader has no random access. In evaluation DALI pads every reader shard to the
+largest and the last batch to full size; the loader returns only real samples: each sample exactly once
+per epoch over all ranks.
 
 Bad samples: a sample without its ``.mp4``/``.cls``/``.json`` is skipped by the reader and counted from the
 shard indexes (``loader.skipped()``); a video that fails to decode cannot be skipped inside a DALI graph (a
 decoder error stops the whole batch), so the loader raises :class:`marvit.errors.InputError` naming the shard
-and the sample and pointing to ``marvit verify`` and ``data.backend=pyav``, which skips and counts it.
+and the sample (from DALI's message, or else the samples the graph was reading) and pointing to ``marvit
+verify`` and ``data.backend=pyav``, which skips and counts it. Likewise a sample whose ``.cls`` and ``.json``
+name different classes is refused by name, and a shard whose size or modification time changed since the
+loader started is refused by name before the next pass: shards are read, not memory-mapped
+(``dont_use_mmap``), so a shard cut short under a running pass is an error, not a SIGBUS.
 """
 
 from __future__ import annotations

@@ -21,8 +21,14 @@ its worker's stream, so ``iter_from(k)`` skips the first ``k`` batches without d
 batches an uninterrupted pass would have (exactly, unless a video before the resume point fails to decode).
 
 Bad samples are skipped and counted (``loader.skipped()``, warned once per reason): a sample that lacks its
-``.mp4``, ``.cls`` or ``.json`` member, a video that does not decode. A ``.json``/``.cls`` that is there but
-malformed is a broken shard and raises :class:`marvit.errors.InputError` naming it.
+``.mp4``, ``.cls`` or ``.json`` member, a video that does not decode (FFmpeg's error detection is strict,
+:data:`ERR_DETECT`: a corrupt payload is an error, not concealed garbage), a ``.cls`` that names another
+class than its ``.json``, and every sample of a shard that changed (size, modification time) since the
+loader started or cannot be read to its end. A sample lost this way is counted once per epoch; when a worker
+runs out of samples it starts another pass over its shards and each sample it serves twice is counted too
+(``skipped()["repeated"]``). A ``.json``/``.cls`` that is there but malformed is a broken shard and raises
+:class:`marvit.errors.InputError` naming it. Workers hand over uint8 clips, labels and flip flags;
+normalization, the flip-label remap and random erasing run in the loader core (:mod:`.core`).
 """
 
 from __future__ import annotations
