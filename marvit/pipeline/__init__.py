@@ -101,7 +101,8 @@ def build_loader(
     ``train`` defaults to ``split == "train"``. ``num_classes`` is needed by the synthetic backend (its
     labels) and ignored by the others."""
     if not 0 <= rank < world_size:
-        raise InputError(f"rank={rank}, world_size={world_size}: need 0 <= rank < world_size")
+        # the caller's contract (ranks come from the process group), not a user's input
+        raise ValueError(f"rank={rank}, world_size={world_size}: need 0 <= rank < world_size")
     data_cfg.validate()
     train = split == "train" if train is None else train
     backend = resolve_backend(data_cfg.backend, device)

@@ -12,6 +12,7 @@ the run (schedule, model, mask, data) is refused unless ``train.allow_config_cha
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -32,12 +33,26 @@ from marvit.config import Config, ConfigError
 from marvit.errors import InputError
 from marvit.pipeline.manifest import atomic_write_bytes, load_manifest, writable_dir
 
-# config keys a resumed run may change: where things are and how often it reports, not what it computes
-RESUMABLE_CHANGES = {
-    "train.out_dir", "train.resume", "train.device", "train.log_interval", "train.eval_interval",
-    "train.save_interval", "train.keep_last", "train.allow_config_change", "train.compile",
-    "data.root", "data.num_workers", "data.backend", "model.pretrained",
+# The config fields a resumed run may change, per section: where things are, how often it reports and how
+# the data is read, not what it computes. Each name is checked against the config's fields below.
+_RESUMABLE = {
+    "train": ("out_dir", "resume", "device", "log_interval", "eval_interval", "save_interval", "keep_last",
+              "allow_config_change", "compile"),
+    "data": ("root", "num_workers", "backend", "dali_pipelines", "verify"),
+    "model": ("pretrained",),
 }  # fmt: skip
+
+
+def _resumable_keys() -> frozenset[str]:
+    cfg = Config()
+    for section, names in _RESUMABLE.items():
+        unknown = [n for n in names if n not in {f.name for f in dataclasses.fields(getattr(cfg, section))}]
+        if unknown:
+            raise RuntimeError(f"RESUMABLE_CHANGES names {section}.{unknown}, which the config does not have")
+    return frozenset(f"{section}.{n}" for section, names in _RESUMABLE.items() for n in names)
+
+
+RESUMABLE_CHANGES = _resumable_keys()  # "section.field" keys
 
 
 # --------------------------------------------------------------------------------------------------------
