@@ -25,27 +25,22 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from marvit.config import DataConfig
 from marvit.pipeline import sampling
 from marvit.pipeline.augment import ClipTrainAugment, clip_test_views
-from marvit.pipeline.core import MEMBERS, LoaderCore, RawBatch
+from marvit.pipeline.core import MEMBERS, RawBatch, ShardLoader
 from marvit.pipeline.pyav_loader import DECODE_ERRORS, decode_clip
 from marvit.pipeline.shards import CorruptSample, ShardSet, parse_meta
 
 
-class CachedLoader(LoaderCore):
+class CachedLoader(ShardLoader):
     """The loader contract of :func:`marvit.pipeline.build_loader` over clips decoded once into memory."""
 
-    def __init__(self, shards: ShardSet, cfg: DataConfig, *, train: bool, rank: int = 0, world_size: int = 1,
-                 device: torch.device | str = "cpu", seed: int = 0, epoch: int = 0) -> None:  # fmt: skip
-        super().__init__(cfg, train=train, rank=rank, world_size=world_size, device=device, seed=seed,
-                         epoch=epoch)  # fmt: skip
-        self.num_samples = shards.num_samples
+    def _open(self) -> None:
         self._frames: list[np.ndarray] = []  # training: every frame of each video, uint8 (n, H, W, 3)
         self._views: list[np.ndarray] = []  # evaluation: the test views, uint8 (V, T, S, S, 3)
         self._labels: list[int] = []
         self._ids: list[int] = []
-        for sample, gid in self._samples(shards):
+        for sample, gid in self._samples(self.shards):
             self._add(sample, gid)
 
     # ---- decoding, once ---------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import torch
 
 from marvit.config import DataConfig
 from marvit.pipeline.augment import AugmentRecipe, erase_clips_, normalize
-from marvit.pipeline.shards import SkipLog, batch_seed
+from marvit.pipeline.shards import ShardSet, SkipLog, batch_seed
 
 MEMBERS = ("mp4", "cls", "json")  # the members of a sample, as `marvit convert` writes them
 
@@ -167,6 +167,22 @@ class LoaderCore:
 
     def _eval_len(self) -> int:
         raise NotImplementedError
+
+
+class ShardLoader(LoaderCore):
+    """A backend over one split's shards (DALI, PyAV, cached): ``Backend(shards, cfg, train=..., rank=...,
+    world_size=..., device=..., seed=..., epoch=...)``; its own set-up goes in ``_open()``."""
+
+    def __init__(self, shards: ShardSet, cfg: DataConfig, *, train: bool, rank: int = 0, world_size: int = 1,
+                 device: torch.device | str = "cpu", seed: int = 0, epoch: int = 0) -> None:  # fmt: skip
+        super().__init__(cfg, train=train, rank=rank, world_size=world_size, device=device, seed=seed,
+                         epoch=epoch)  # fmt: skip
+        self.shards = shards
+        self.num_samples = shards.num_samples
+        self._open()
+
+    def _open(self) -> None:
+        """The backend's set-up, after the contract's state is in place."""
 
 
 def shard_stats(urls: list[str]) -> dict[str, tuple[int, int]]:

@@ -73,8 +73,8 @@ from marvit.config import DataConfig
 from marvit.errors import InputError
 from marvit.pipeline import sampling
 from marvit.pipeline.augment import ENHANCE_OPS, AugmentRecipe, op_argument
-from marvit.pipeline.core import MEMBERS, LoaderCore, RawBatch, shard_bounds, shard_changed, shard_stats
-from marvit.pipeline.shards import ShardSet, epoch_order, parse_meta
+from marvit.pipeline.core import MEMBERS, RawBatch, ShardLoader, shard_bounds, shard_changed, shard_stats
+from marvit.pipeline.shards import epoch_order, parse_meta
 
 SHUFFLE_BUFFER = 1024  # the reader's shuffle buffer per pipeline, in samples (DALI's default initial_fill)
 RECENT = 64  # sources the per-sample operator remembers, to name the shard of a decoder error
@@ -248,7 +248,7 @@ def _pipeline(urls: list[str], index_paths: list[str], meta: _Meta, cfg: DataCon
 _SOURCE = re.compile(r"(\S+\.tar):(\d+):(\S+?)\.mp4")
 
 
-class DaliLoader(LoaderCore):
+class DaliLoader(ShardLoader):
     """Batches from ``data.dali_pipelines`` DALI graphs per rank, round-robin, through the loader core
     (:func:`marvit.pipeline.build_loader`).
 
@@ -258,11 +258,8 @@ class DaliLoader(LoaderCore):
     a full batch of its own samples (:meth:`_schedule`); while one is consumed the others prefetch, which is
     what lets several of them keep a GPU's video decoders busy."""
 
-    def __init__(self, shards: ShardSet, cfg: DataConfig, *, train: bool, rank: int = 0, world_size: int = 1,
-                 device: torch.device | str = "cpu", seed: int = 0, epoch: int = 0) -> None:  # fmt: skip
-        super().__init__(cfg, train=train, rank=rank, world_size=world_size, device=device, seed=seed,
-                         epoch=epoch)  # fmt: skip
-        self.shards = shards
+    def _open(self) -> None:
+        shards, cfg, rank, world_size, train = self.shards, self.cfg, self.rank, self.world_size, self.train
         self.parts = cfg.dali_pipelines
         # samples that lack a member: the reader skips them, the index files say which and where
         self._incomplete = shards.incomplete_samples(MEMBERS)

@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from marvit.config import DataConfig
 from marvit.pipeline import sampling
 from marvit.pipeline.augment import AugmentRecipe, ClipTrainAugment, clip_test_views
-from marvit.pipeline.core import MEMBERS, LoaderCore, RawBatch, shard_changed, shard_stats
+from marvit.pipeline.core import MEMBERS, RawBatch, ShardLoader, shard_changed, shard_stats
 from marvit.pipeline.shards import CorruptSample, ShardSet, epoch_order, parse_meta
 
 SHUFFLE_BUFFER = 256  # samples (encoded) per worker
@@ -314,16 +314,11 @@ class _ClipStream(IterableDataset):
         return out
 
 
-class PyavLoader(LoaderCore):
+class PyavLoader(ShardLoader):
     """Batches from PyAV DataLoader workers through the loader core (:func:`marvit.pipeline.build_loader`)."""
 
-    def __init__(self, shards: ShardSet, cfg: DataConfig, *, train: bool, rank: int = 0, world_size: int = 1,
-                 device: torch.device | str = "cpu", seed: int = 0, epoch: int = 0) -> None:  # fmt: skip
-        super().__init__(cfg, train=train, rank=rank, world_size=world_size, device=device, seed=seed,
-                         epoch=epoch)  # fmt: skip
-        self.shards = shards
-        self.num_samples = shards.num_samples
-        self._stats = shard_stats(shards.urls)  # a shard that changes after this is read as lost samples
+    def _open(self) -> None:
+        self._stats = shard_stats(self.shards.urls)  # a shard that changes after this is read as lost samples
 
     def _eval_len(self) -> int:
         b, total = self.batch_size, 0
