@@ -316,15 +316,18 @@ class DaliLoader(ShardLoader):
             self._skips.add("missing member", where)
 
     def _to_torch(self, tl, transient: bool = False) -> torch.Tensor:
-        """A DALI batch as a torch tensor on the loader's device. ``transient`` (CPU only): a zero-copy view
-        of DALI's buffer, valid until the next ``pipe.run()``; used for the video, which the core normalizes
-        into a fresh tensor right away."""
+        """A DALI batch as a torch tensor on the loader's device (a graph's CPU outputs, such as the labels
+        of a "mixed" graph, are copied over). ``transient`` (CPU only): a zero-copy view of DALI's buffer,
+        valid until the next ``pipe.run()``; used for the video, which the core normalizes into a fresh
+        tensor right away."""
+        from nvidia.dali.backend import TensorGPU
         from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 
         t = tl.as_tensor()
-        if self.device.type == "cpu":
+        if not isinstance(t, TensorGPU):  # CPU outputs (labels, flip coins, ids; everything on a CPU)
             a = np.asarray(t)
-            return torch.from_numpy(a if transient else a.copy())
+            host = torch.from_numpy(a if transient and self.device.type == "cpu" else a.copy())
+            return host.to(self.device, non_blocking=True)  # a small host-to-device copy: no device sync
         out = torch.empty(t.shape(), dtype=to_torch_type[t.dtype], device=self.device)
         feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream(self.device))
         return out
