@@ -237,6 +237,27 @@ def test_pyav_counts_a_shard_truncated_under_the_loader(unique_root, tmp_path) -
     assert lost["repeated"] == 5 == len(labels) - len(set(labels.tolist()))  # every repeat counted
 
 
+def test_pyav_counts_what_a_shard_cut_short_mid_read_lost(unique_root, tmp_path) -> None:
+    """A shard that passes the size check and is then cut short (or was never whole): every sample it should
+    hold is either read or stands in as a counted loss, none vanishes."""
+    from marvit.pipeline.pyav_loader import _ClipStream
+    from marvit.pipeline.shards import find_shards
+
+    root = tmp_path / "data"
+    root.mkdir()
+    for f in Path(unique_root).iterdir():
+        (root / f.name).write_bytes(f.read_bytes())
+    shards = find_shards(root, "train")
+    url = shards.urls[1]
+    Path(url).write_bytes(Path(url).read_bytes()[:4000])  # after find_shards: no stat to compare with
+    stream = _ClipStream(shards, _cfg(root, "pyav"), True, 0, 1, 0, 0)
+    got = list(stream._shard_samples(url))
+    assert len(got) == shards.counts[1] == 5
+    lost = [s for s in got if "__lost__" in s]
+    assert lost and all(s["__lost__"].startswith("unreadable shard") for s in lost)
+    assert all(s["__url__"] == url for s in got)
+
+
 _DALI_TRUNCATE = """
 import sys, warnings
 warnings.simplefilter("ignore")
