@@ -186,7 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = bsub.add_parser("flops", help="FLOPs and parameters of a model (fvcore counting)")
     _add_model_args(p)
     p.add_argument("--mask", default="cell_running", help="mask strategy")
-    p.add_argument("--head", choices=["bridging", "linear"], default="bridging", help="classification head")
+    from marvit.config import HEADS  # the config's list; "none" (pretraining) has no head to count
+
+    p.add_argument("--head", choices=[h for h in HEADS if h != "none"], default="bridging",
+                   help="classification head")  # fmt: skip
     p.add_argument("--classes", type=int, default=400, help="number of classes")
     p.add_argument("--train", action="store_true", help="add the reconstruction decoder")
     _add_json(p)
@@ -205,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=224)
+    p.add_argument("--pipelines", default="1,2,4,7", help="DALI pipelines per rank to sweep (dali only)")
     p.add_argument("--out", default=None, help="directory for pipeline.json")
     _add_json(p)
 

@@ -42,14 +42,22 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
+# "bridging" (MAR), "linear" (the standard VideoMAE fine-tuning head) or "none" (pretraining: no labels)
+# "bridging" (MAR), "linear" (the standard VideoMAE fine-tuning head), "mlp" (Table VI's MLP classifier:
+# mean, LayerNorm, Linear-GELU-Linear at bridge_dim) or "none" (pretraining: no labels)
+Head = Literal["bridging", "linear", "mlp", "none"]
+HEADS: tuple[str, ...] = typing.get_args(Head)
+_DEFAULT = MODEL_PRESETS["vit_b"]  # ModelConfig's defaults are the ViT-B preset, stated once above
+
+
 @dataclass
 class ModelConfig:
     """The ViT encoder, the classification head and the reconstruction decoder."""
 
     name: str = "vit_b"
-    embed_dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
+    embed_dim: int = _DEFAULT["embed_dim"]
+    depth: int = _DEFAULT["depth"]
+    num_heads: int = _DEFAULT["num_heads"]
     mlp_ratio: float = 4.0
     # the input the model is built for; in a YAML config these are set once, as data.img_size and
     # data.num_frames, and copied here (``Config.validate``): one frame count and one image size per run
@@ -59,10 +67,8 @@ class ModelConfig:
     tubelet_size: int = 2
     in_chans: int = 3
     num_classes: int = 400
-    drop_path: float = 0.1
-    # "bridging" (MAR), "linear" (the standard VideoMAE fine-tuning head), "mlp" (Table VI's MLP classifier:
-    # mean, LayerNorm, Linear-GELU-Linear at bridge_dim) or "none" (pretraining: no labels)
-    head: Literal["bridging", "linear", "mlp", "none"] = "bridging"
+    drop_path: float = _DEFAULT["drop_path"]
+    head: Head = "bridging"  # one of HEADS
     bridge_dim: int = 512
     bridge_depth: int = 2
     bridge_heads: int = 4
@@ -75,9 +81,9 @@ class ModelConfig:
     # "pretrained": the decoder loads from model.pretrained; "random": it keeps its initialization (Table VIII)
     decoder_init: Literal["pretrained", "random"] = "pretrained"
     # reconstruction decoder (training only)
-    decoder_dim: int = 384
-    decoder_depth: int = 4
-    decoder_heads: int = 6
+    decoder_dim: int = _DEFAULT["decoder_dim"]
+    decoder_depth: int = _DEFAULT["decoder_depth"]
+    decoder_heads: int = _DEFAULT["decoder_heads"]
     # a checkpoint to start from (VideoMAE file, fine-tuned file, or a Hugging Face directory)
     pretrained: str | None = None
 
@@ -145,16 +151,23 @@ class MaskConfig:
 
     def validate(self, prefix: str = "mask") -> None:
         """The ranges only; which ratios a strategy and cell can express is masking's rule
-        (``marvit.model.masking.validate_mask``), checked when the run's scheme is resolved."""
-        if not 0.0 <= self.ratio < 1.0:
-            raise ConfigError(f"{prefix}.ratio={self.ratio}: must be in [0, 1) (the masked fraction)")
+        (``marvit.model.masking.validate_mask``, which checks these ranges with :func:`check_mask_ranges`
+        too), checked when the run's scheme is resolved."""
+        check_mask_ranges(self.ratio, self.cell, prefix)
         r, q = self.cell
-        if r <= 0 or q <= 0:
-            raise ConfigError(f"{prefix}.cell={list(self.cell)}: both sides must be positive")
         if not 0 <= self.eval_start < r * q:
             raise ConfigError(
                 f"{prefix}.eval_start={self.eval_start}: must be in 0 .. {r * q - 1} (a state of the {r}x{q} cell)"
             )
+
+
+def check_mask_ranges(ratio: float, cell: tuple[int, int], prefix: str = "mask") -> None:
+    """A masked fraction in [0, 1) and a cell with positive sides, or a :class:`ConfigError` naming the key."""
+    if not 0.0 <= ratio < 1.0:
+        raise ConfigError(f"{prefix}.ratio={ratio}: must be in [0, 1) (the masked fraction)")
+    r, q = cell
+    if r <= 0 or q <= 0:
+        raise ConfigError(f"{prefix}.cell={[r, q]}: both sides must be positive")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -182,6 +195,12 @@ class DataConfig:
     test_crops: int = 3
     batch_size: int = 8  # per process
     num_workers: int = 4
+    # DALI graphs per rank, read round-robin (each a part of the rank's samples): more keep more of a GPU's
+    # video decoders busy (`marvit bench pipeline` measures 1, 2, 4, 7)
+    dali_pipelines: int = 1
+    # before training: "size" checks each shard's size and sample count against the manifest; "checksum"
+    # also its sha256 (reads every byte)
+    verify: Literal["size", "checksum"] = "size"
     # augmentation
     flip: bool = True
     # for direction-sensitive data sets: class index -> class index after a horizontal flip
@@ -203,7 +222,7 @@ class DataConfig:
 
     def validate(self, prefix: str = "data") -> None:
         _positive(self, prefix, ["num_frames", "sampling_rate", "img_size", "test_short_side", "test_clips",
-                                 "test_crops", "batch_size", "repeated_aug"])  # fmt: skip
+                                 "test_crops", "batch_size", "repeated_aug", "dali_pipelines"])  # fmt: skip
         if self.num_workers < 0:
             raise ConfigError(f"{prefix}.num_workers={self.num_workers}: must be >= 0")
         if self.test_short_side < self.img_size:

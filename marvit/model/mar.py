@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from marvit.config import ConfigError, ModelConfig
+from marvit.config import HEADS, ConfigError, ModelConfig
 from marvit.model.decoder import Decoder, tubelet_targets
 from marvit.model.encoder import VisionTransformer
 from marvit.model.heads import BridgingClassifier, LinearHead, MLPHead
@@ -31,10 +31,8 @@ TRAIN_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token")
 class MARModel(nn.Module):
     def __init__(self, cfg: ModelConfig, with_decoder: bool = True) -> None:
         super().__init__()
-        if cfg.head not in ("bridging", "linear", "mlp", "none"):
-            raise ConfigError(
-                f"model.head={cfg.head!r}: allowed values are ['bridging', 'linear', 'mlp', 'none']"
-            )
+        if cfg.head not in HEADS:
+            raise ConfigError(f"model.head={cfg.head!r}: allowed values are {list(HEADS)}")
         self.cfg = cfg
         # the fine-tuning layout normalizes the pooled tokens (fc_norm) instead of every token
         self.encoder = VisionTransformer(cfg, final_norm=cfg.head != "linear")

@@ -49,7 +49,7 @@ from fractions import Fraction
 
 import torch
 
-from marvit.config import ConfigError
+from marvit.config import ConfigError, check_mask_ranges
 
 Grid = tuple[int, int, int]
 Cell = tuple[int, int]
@@ -97,11 +97,7 @@ def validate_mask(
     """
     if strategy not in _STRATEGIES:
         raise ConfigError(f"{prefix}.strategy={strategy!r}: unknown; allowed: {list(MASK_STRATEGIES)}")
-    if not 0.0 <= ratio < 1.0:
-        raise ConfigError(f"{prefix}.ratio={ratio}: must be in [0, 1) (the masked fraction)")
-    r, q = cell
-    if r <= 0 or q <= 0:
-        raise ConfigError(f"{prefix}.cell={[r, q]}: both sides must be positive")
+    check_mask_ranges(ratio, cell, prefix)
     if spatial not in SPATIAL:
         raise ConfigError(f"{prefix}.spatial={spatial!r}: allowed values are {list(SPATIAL)}")
     if temporal not in TEMPORAL:

@@ -88,14 +88,31 @@ class ShardSet:
         return out
 
 
+class CorruptSample(InputError):
+    """One sample's members contradict each other (``.cls`` and ``.json`` name different classes): a loader
+    that can skip a sample skips and counts it under ``reason``; DALI's graph cannot, and refuses it."""
+
+    reason = "label mismatch"
+
+
 class SkipLog:
-    """The samples a loader skipped on this rank: counted per reason, warned about once per reason."""
+    """The samples a loader skipped on this rank: counted per reason, warned about once per reason; and the
+    samples served a second time in one epoch to fill it (``repeated``), which an epoch that lost samples
+    may need."""
 
     KEEP = 100  # where-strings kept for the report
 
     def __init__(self) -> None:
         self.reasons: Counter[str] = Counter()
         self.samples: list[str] = []
+        self.repeated = 0
+
+    def repeat(self, n: int = 1) -> None:
+        """``n`` samples served again in this epoch (padding an epoch that lost samples)."""
+        if not self.repeated and n:
+            warnings.warn("an epoch lost samples and is filled with repeats of others; counted in "
+                          "loader.skipped()['repeated']", stacklevel=3)  # fmt: skip
+        self.repeated += n
 
     def add(self, reason: str, where: str, detail: str = "") -> None:
         if reason not in self.reasons:
@@ -107,12 +124,16 @@ class SkipLog:
             self.samples.append(where)
 
     def as_dict(self) -> dict:
-        """{"count": int, "reasons": {reason: count}, "samples": [the first where-strings]}"""
-        return {
+        """{"count": int, "reasons": {reason: count}, "samples": [the first where-strings]}, and
+        "repeated": int when an epoch was padded with repeats."""
+        out = {
             "count": sum(self.reasons.values()),
             "reasons": dict(self.reasons),
             "samples": list(self.samples),
         }
+        if self.repeated:
+            out["repeated"] = self.repeated
+        return out
 
 
 def epoch_order(n_shards: int, seed: int, epoch: int, cycle: int = 0) -> list[int]:
@@ -224,6 +245,9 @@ def parse_meta(json_bytes: bytes, cls_bytes: bytes, where: str) -> tuple[int, in
             "(a positive int), "
             "which `marvit convert` writes"
         )
+    cls = meta.get("class")  # `marvit convert` writes the class index to both members
+    if isinstance(cls, int) and cls != label:
+        raise CorruptSample(f"{where}: .cls says class {label}, .json says {cls}: the sample is corrupt")
     return frames, label
 
 

@@ -363,19 +363,24 @@ def _stopped(out_dir: Path, stop: guard.StopSignals, step: int, master: bool, me
 def _gather_skipped(loader, val_loader, world: int) -> dict:
     """Samples the loaders skipped (missing members, undecodable videos), summed over the ranks."""
     mine: dict[str, int] = {}
+    repeated = 0  # samples served twice in an epoch to fill it (an epoch that lost samples)
     for ld in (loader, val_loader):
         if ld is not None:
             for reason, n in ld.skipped()["reasons"].items():
                 mine[reason] = mine.get(reason, 0) + n
-    every = [mine]
+            repeated += ld.skipped().get("repeated", 0)
+    every = [(mine, repeated)]
     if world > 1:
         every = [None] * world
-        dist.all_gather_object(every, mine)
+        dist.all_gather_object(every, (mine, repeated))
     total: dict[str, int] = {}
-    for d in every:
+    for d, _ in every:
         for reason, n in d.items():
             total[reason] = total.get(reason, 0) + n
-    return {"count": sum(total.values()), "reasons": total}
+    out = {"count": sum(total.values()), "reasons": total}
+    if any(r for _, r in every):
+        out["repeated"] = sum(r for _, r in every)
+    return out
 
 
 def _tensorboard(out_dir: Path):

@@ -12,6 +12,7 @@ the run (schedule, model, mask, data) is refused unless ``train.allow_config_cha
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -34,12 +35,26 @@ from marvit.errors import InputError
 from marvit.pipeline.manifest import load_manifest, writable_dir
 from marvit.train.fsio import write_file as atomic_write_bytes
 
-# config keys a resumed run may change: where things are and how often it reports, not what it computes
-RESUMABLE_CHANGES = {
-    "train.out_dir", "train.resume", "train.device", "train.log_interval", "train.eval_interval",
-    "train.save_interval", "train.keep_last", "train.allow_config_change", "train.compile",
-    "data.root", "data.cache_dir", "data.num_workers", "data.backend", "model.pretrained", "train.skip_nonfinite",
+# The config fields a resumed run may change, per section: where things are, how often it reports and how
+# the data is read, not what it computes. Each name is checked against the config's fields below.
+_RESUMABLE = {
+    "train": ("out_dir", "resume", "device", "log_interval", "eval_interval", "save_interval", "keep_last",
+              "allow_config_change", "compile", "skip_nonfinite"),
+    "data": ("root", "cache_dir", "num_workers", "backend", "dali_pipelines", "verify"),
+    "model": ("pretrained",),
 }  # fmt: skip
+
+
+def _resumable_keys() -> frozenset[str]:
+    cfg = Config()
+    for section, names in _RESUMABLE.items():
+        unknown = [n for n in names if n not in {f.name for f in dataclasses.fields(getattr(cfg, section))}]
+        if unknown:
+            raise RuntimeError(f"RESUMABLE_CHANGES names {section}.{unknown}, which the config does not have")
+    return frozenset(f"{section}.{n}" for section, names in _RESUMABLE.items() for n in names)
+
+
+RESUMABLE_CHANGES = _resumable_keys()  # "section.field" keys
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -183,14 +198,15 @@ def check_data(cfg: Config, need_val: bool = False) -> set[str]:
 
 def check_shards(cfg: Config, splits: set[str]) -> None:
     """Every shard of the splits the run reads against the manifest, before any step: present, of the
-    recorded size, with the recorded sample count (tar headers and index). Checksums are left to
-    ``marvit verify``: hashing hundreds of GB at every start would cost more than a bad shard."""
+    recorded size, with the recorded sample count (tar headers and index); their sha256 too with
+    ``data.verify=checksum`` (off by default: hashing hundreds of GB at every start costs more than a bad
+    shard, which ``marvit verify`` finds)."""
     if cfg.data.backend == "synthetic":
         return
     from marvit.pipeline.shards import check_shards as check
 
     for split in sorted(splits & {"train", "val"}):
-        check(cfg.data.root, split, checksums=False)
+        check(cfg.data.root, split, checksums=cfg.data.verify == "checksum")
 
 
 def build_data_loader(cfg: Config, split: str, train: bool, rank: int, world: int, device, epoch: int = 0):
