@@ -305,7 +305,7 @@ def load_pretrained(model: nn.Module, path: str | Path, ignore_head_mismatch: bo
                 "(does the model config match the checkpoint's size, tubelet and patch?)"
             )
         to_load[k] = v.to(own[k].dtype)
-    bad = [k for k, v in to_load.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    bad = nonfinite_tensors(to_load)
     if bad:  # one NaN tensor makes every loss NaN from the first step
         raise InputError(f"{path}: non-finite values (NaN or inf) in {len(bad)} tensor(s): {bad[:5]}")
     result = model.load_state_dict(to_load, strict=False)
@@ -321,3 +321,12 @@ def load_pretrained(model: nn.Module, path: str | Path, ignore_head_mismatch: bo
     report.unexpected.sort()
     report.skipped.sort()
     return report
+
+
+def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity (one host sync for them all)."""
+    names = [k for k, v in tensors.items() if v.is_floating_point()]
+    if not names:
+        return []
+    flags = torch.stack([tensors[k].detach().isfinite().all() for k in names]).cpu()  # sync point
+    return [k for k, ok in zip(names, flags.tolist()) if not ok]

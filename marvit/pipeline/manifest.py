@@ -34,6 +34,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from marvit.pipeline.remote import file_url, is_remote, read_url, redact
+
 MANIFEST = "manifest.json"
 SPLIT_RE = re.compile(r"^[A-Za-z0-9_]{1,32}$")  # no '-' or '.': shard names and keys stay parseable
 
@@ -126,7 +128,7 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def load_manifest(out: str | Path) -> dict | None:
     """The manifest of ``out`` or None when there is none; a malformed one raises ValueError."""
-    if isinstance(out, str) and _remote(out):  # a URL root (see remote.py): read it from the storage
+    if isinstance(out, str) and is_remote(out):  # a URL root (see remote.py): read it from the storage
         return _load_remote_manifest(out)
     path = Path(out) / MANIFEST
     if not path.exists():
@@ -134,15 +136,7 @@ def load_manifest(out: str | Path) -> dict | None:
     return _parse_manifest(path.read_bytes(), str(path))
 
 
-def _remote(root: str) -> bool:
-    from marvit.pipeline.remote import is_remote
-
-    return is_remote(root)
-
-
 def _load_remote_manifest(root: str) -> dict | None:
-    from marvit.pipeline.remote import file_url, read_url, redact
-
     url = file_url(root, MANIFEST)
     try:
         data = read_url(url)

@@ -26,7 +26,8 @@ import numpy as np
 
 from marvit.errors import InputError
 from marvit.pipeline.manifest import MANIFEST, index_path, load_manifest, read_index, sha256_file
-from marvit.pipeline.remote import check_remote_shards, file_url, is_remote, redact, stage_shards
+from marvit.pipeline.remote import file_url, is_remote, redact
+from marvit.pipeline.remote_cache import check_remote_shards, stage_shards
 
 
 class ShardsMissing(InputError, FileNotFoundError):

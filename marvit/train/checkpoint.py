@@ -28,9 +28,9 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from marvit.errors import InputError
+from marvit.model.checkpoint import nonfinite_tensors
 from marvit.model.mar import TRAIN_ONLY
 from marvit.train import fsio
-from marvit.train.guard import nonfinite_tensors
 
 PREFIX = "step_"
 

@@ -39,6 +39,8 @@ import torch
 from torch import nn
 
 from marvit.errors import InputError
+from marvit.model.checkpoint import nonfinite_tensors
+from marvit.train.checkpoint import latest_checkpoint
 
 EXIT_DIVERGED = 3  # the loss or the weights went non-finite; resuming as is would diverge again
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal after saving; requeue and resume with resume=auto
@@ -54,8 +56,6 @@ class Diverged(InputError):
 
 def last_good(out_dir: str | Path) -> str:
     """The newest checkpoint of ``out_dir``: every checkpoint the guarded loop writes is finite."""
-    from marvit.train.checkpoint import latest_checkpoint
-
     ckpt = latest_checkpoint(out_dir)
     return f"the last good checkpoint is {ckpt}" if ckpt is not None else "no checkpoint was saved"
 
@@ -67,15 +67,6 @@ def check_loss(loss: float, step: int, out_dir: str | Path) -> None:
             f"the loss is {loss} at step {step} (diverged); {last_good(out_dir)}. Lower train.base_lr "
             "(or set train.clip_grad / train.skip_nonfinite) and resume with train.resume=auto"
         )
-
-
-def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
-    """Names of the floating-point tensors holding a NaN or an infinity (one host sync for them all)."""
-    names = [k for k, v in tensors.items() if v.is_floating_point()]
-    if not names:
-        return []
-    flags = torch.stack([tensors[k].detach().isfinite().all() for k in names]).cpu()  # sync point
-    return [k for k, ok in zip(names, flags.tolist()) if not ok]
 
 
 def check_weights(model: nn.Module, step: int, out_dir: str | Path) -> None:

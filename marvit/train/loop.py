@@ -344,8 +344,6 @@ def _stopped(out_dir: Path, stop: guard.StopSignals, step: int, master: bool, me
     """After the agreed step's checkpoint: say where it is, leave the marker a requeue script reads."""
     bar.close()
     if master:
-        from marvit.train.checkpoint import latest_checkpoint
-
         ckpt = latest_checkpoint(out_dir)
         atomic_write_json(out_dir / guard.PREEMPTED, {"signal": stop.received or "another rank's", "step": step,
                           "checkpoint": str(ckpt), "status": guard.EXIT_PREEMPTED})  # fmt: skip
