@@ -12,6 +12,7 @@ read is taken over; another host's lock is never taken over (its process cannot 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -25,7 +26,8 @@ from pathlib import Path
 from marvit.errors import InputError
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host is running."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -35,7 +37,8 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _holder(lock: Path) -> dict | None:
+def read_holder(lock: Path) -> dict | None:
+    """The holder a lock file names (``{"pid", "host", ...}``), or None where it cannot be read."""
     try:
         h = json.loads(lock.read_text())
         return h if isinstance(h, dict) and isinstance(h.get("pid"), int) else None
@@ -43,10 +46,41 @@ def _holder(lock: Path) -> dict | None:
         return None
 
 
+def holder_gone(holder: dict) -> bool:
+    """A holder whose process has ended: only a process of this host can be checked, so another host's lock
+    is never taken over."""
+    return holder.get("host") == socket.gethostname() and not pid_alive(holder["pid"])
+
+
+def link_whole(lock: Path, data: bytes) -> None:
+    """Create ``lock`` holding ``data``, complete or not at all: written to a temporary unique to the process,
+    then hard-linked into place (``link`` fails with FileExistsError when the lock exists, as ``O_EXCL``
+    does, on a local disk and on NFS). Where the file system has no hard links: exclusive create, then write.
+    Another OSError names the lock; nothing is left behind."""
+    tmp = lock.with_name(f".{lock.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, lock)
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+                raise
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(lock)) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _stale(holder: dict | None) -> bool:
-    if holder is None:  # unreadable: written by no complete writer (locks are linked whole)
-        return True
-    return holder.get("host") == socket.gethostname() and not _pid_alive(holder["pid"])
+    return holder is None or holder_gone(holder)  # unreadable: no complete writer (locks are linked whole)
 
 
 def _who(holder: dict | None, lock: Path) -> str:
@@ -65,29 +99,22 @@ class ConvertLock:
         """Take the lock or raise InputError naming the directory and the holder."""
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
               "split": self.split, "part": [self.part, self.parts]}  # fmt: skip
-        tmp = self.out / f".{self.path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
-        tmp.write_text(json.dumps(me))
-        try:
-            for _ in range(3):
-                try:
-                    os.link(tmp, self.path)
-                    break
-                except FileExistsError:
-                    holder = _holder(self.path)
-                    if not _stale(holder):
-                        what = "part" if self.parts > 1 else "conversion"
-                        raise InputError(
-                            f"output {self.out}: another {what} of split {self.split!r} is writing there "
-                            f"({_who(holder, self.path)}); wait for it to end, or remove the lock only if "
-                            "you are sure no conversion uses it"
-                        ) from None
-                    self.path.unlink(
-                        missing_ok=True
-                    )  # a dead process's lock (this host) or an unreadable one
-            else:
-                raise InputError(f"{self.path}: could not take the lock; another conversion may be starting")
-        finally:
-            tmp.unlink(missing_ok=True)
+        for _ in range(3):
+            try:
+                link_whole(self.path, json.dumps(me).encode())
+                break
+            except FileExistsError:
+                holder = read_holder(self.path)
+                if not _stale(holder):
+                    what = "part" if self.parts > 1 else "conversion"
+                    raise InputError(
+                        f"output {self.out}: another {what} of split {self.split!r} is writing there "
+                        f"({_who(holder, self.path)}); wait for it to end, or remove the lock only if "
+                        "you are sure no conversion uses it"
+                    ) from None
+                self.path.unlink(missing_ok=True)  # a dead process's lock (this host) or an unreadable one
+        else:
+            raise InputError(f"{self.path}: could not take the lock; another conversion may be starting")
         self._held = True
         self._refuse_other_splitting()
 
@@ -97,7 +124,7 @@ class ConvertLock:
         for p in self.out.iterdir():
             m = pat.match(p.name)
             if m and int(m.group(2)) != self.parts:
-                holder = _holder(p)
+                holder = read_holder(p)
                 if holder is not None and not _stale(holder):
                     self.release()
                     raise InputError(

@@ -13,7 +13,6 @@ the run (schedule, model, mask, data) is refused unless ``train.allow_config_cha
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import os
 import random
@@ -32,7 +31,9 @@ import yaml
 
 from marvit.config import Config, ConfigError
 from marvit.errors import InputError
+from marvit.pipeline.dirlock import holder_gone, link_whole, read_holder
 from marvit.pipeline.manifest import load_manifest, writable_dir
+from marvit.train import fsio
 from marvit.train.fsio import write_file as atomic_write_bytes
 
 # The config fields a resumed run may change, per section: where things are, how often it reports and how
@@ -220,43 +221,11 @@ def build_data_loader(cfg: Config, split: str, train: bool, rank: int, world: in
 # --------------------------------------------------------------------------------------------------------
 # the run directory
 # --------------------------------------------------------------------------------------------------------
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def take_lock(lock: Path, data: bytes) -> None:
-    """Create ``lock`` holding ``data``, complete or not at all: written to a temporary, then hard-linked
-    into place (``link`` fails with FileExistsError when the lock exists, as ``O_EXCL`` does). A full disk
-    raises an OSError naming the lock and leaves nothing behind."""
-    from marvit.train import fsio
-
-    tmp = lock.with_name(f".{lock.name}.{os.getpid()}.tmp")
-    try:
-        fsio.fault(lock)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, lock)
-        except OSError as e:  # a file system without hard links: exclusive create, then write
-            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
-                raise
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-    except FileExistsError:
-        raise
-    except OSError as e:
-        raise OSError(e.errno, e.strerror, str(lock)) from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Create ``lock`` holding ``data``, complete or not at all (:func:`marvit.pipeline.dirlock.link_whole`);
+    FileExistsError when it exists; a full disk raises an OSError naming the lock and leaves nothing."""
+    fsio.fault(lock)
+    link_whole(lock, data)
 
 
 def _debris(lock: Path, grace_s: float = 5.0) -> bool:
@@ -287,8 +256,8 @@ class RunDir:
             try:
                 take_lock(lock, (json.dumps(me) + "\n").encode())
             except FileExistsError:
-                holder = self._holder(lock)
-                if holder is not None and self._is_stale(holder):
+                holder = read_holder(lock)
+                if holder is not None and holder_gone(holder):
                     print(f"{lock}: taking over the stale lock of pid {holder['pid']} (no longer running)")
                     lock.unlink(missing_ok=True)
                     continue
@@ -305,19 +274,6 @@ class RunDir:
             self._locked = True
             return
         raise InputError(f"{lock}: could not take the lock; another run may be starting in this directory")
-
-    @staticmethod
-    def _holder(lock: Path) -> dict | None:
-        try:
-            h = json.loads(lock.read_text())
-            return h if isinstance(h, dict) and isinstance(h.get("pid"), int) else None
-        except (OSError, ValueError):
-            return None
-
-    @staticmethod
-    def _is_stale(holder: dict) -> bool:
-        # only a process of this host can be checked; another host's lock is never taken over
-        return holder.get("host") == socket.gethostname() and not _pid_alive(holder["pid"])
 
     def release(self) -> None:
         if self._locked:
