@@ -5,8 +5,9 @@ Each subcommand's implementation is imported only when that subcommand runs, so 
 
 A bad input (a missing file, a wrong key or value, a corrupt checkpoint or shard) raises
 :class:`marvit.errors.InputError` somewhere below; here it becomes one line on stderr, naming the input, and
-exit status 2, without a traceback (``--debug`` or ``MARVIT_DEBUG=1`` shows it). Any other exception is a
-bug and keeps its traceback.
+exit status 2, without a traceback (``--debug`` or ``MARVIT_DEBUG=1`` shows it); so does an OSError of the
+machine (no space, permission, read-only file system), naming the path and the errno. A diverged run exits
+3 and a run stopped by a signal 75 (docs/faults.md). Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -120,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--short", choices=["keep", "skip"], default="keep",
                    help="what to do with short clips; both list them in the manifest")  # fmt: skip
     p.add_argument("--workers", type=int, default=2, help="encoding processes")
+    p.add_argument("--part", default="0/1",
+                   help="I/N: convert part I (from 0) of N, e.g. a Slurm array task; then `marvit manifest "
+                        "merge OUT` (docs/cluster.md)")  # fmt: skip
+
+    p = sub.add_parser("manifest", help="a conversion's manifest: merge the parts of a split")
+    msub = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    m = msub.add_parser("merge", help="check that every part of a split finished; write the one manifest")
+    m.add_argument("out", help="the `marvit convert` output directory the parts wrote to")
+    m.add_argument("--split", default="train", help="the split whose parts to merge")
 
     p = sub.add_parser("verify", help="check every shard against the manifest")
     p.add_argument("out", help="a `marvit convert` output directory")
@@ -139,12 +149,26 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--views", default=None,
                            help="CLIPSxCROPS, e.g. 5x3 (default: data.test_clips x data.test_crops)")  # fmt: skip
             p.add_argument("--no-mask", action="store_true", help="evaluate without the evaluation mask")
+            p.add_argument("--out", default="eval_out",
+                           help="directory for eval.json (written after the result is printed)")  # fmt: skip
         if name == "profile":
             p.add_argument("--steps", type=int, default=4, help="profiled training steps per scheme")
             p.add_argument("--out", default="profile_out", help="output directory")
             p.add_argument(
                 "--compile", action="store_true", help="compile the transformer blocks (train.compile)"
             )
+
+    p = sub.add_parser(
+        "recipe", help="the recipe a run would train on N GPUs, beside the official run, and its cost"
+    )
+    p.add_argument("config", help="a YAML config (configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, before or after the options")
+    p.add_argument("--gpus", type=int, required=True, help="the number of GPUs (processes) of the run")
+    p.add_argument("--json", dest="as_json", action="store_true", help="one JSON object instead of a table")
+    p.add_argument("--gpu", default="v100", help="the GPU the cost is estimated for (v100, a100, h100)")
+    p.add_argument("--mfu", type=float, default=0.3, help="model FLOPs utilization of the estimate")
+    p.add_argument("--train-videos", type=int, default=None,
+                   help="videos in the training split (default: data.root's manifest, else the paper's)")  # fmt: skip
 
     p = sub.add_parser("demo", help="the whole system on the packaged demo (marvit/configs/demo.yaml)")
     p.add_argument("--out", default="demo_out", help="directory for the data, runs, report and plots")
@@ -168,7 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = bsub.add_parser("flops", help="FLOPs and parameters of a model (fvcore counting)")
     _add_model_args(p)
     p.add_argument("--mask", default="cell_running", help="mask strategy")
-    p.add_argument("--head", choices=["bridging", "linear"], default="bridging", help="classification head")
+    from marvit.config import HEADS  # the config's list; "none" (pretraining) has no head to count
+
+    p.add_argument("--head", choices=[h for h in HEADS if h != "none"], default="bridging",
+                   help="classification head")  # fmt: skip
     p.add_argument("--classes", type=int, default=400, help="number of classes")
     p.add_argument("--train", action="store_true", help="add the reconstruction decoder")
     _add_json(p)
@@ -187,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--size", type=int, default=224)
+    p.add_argument("--pipelines", default="1,2,4,7", help="DALI pipelines per rank to sweep (dali only)")
     p.add_argument("--out", default=None, help="directory for pipeline.json")
     _add_json(p)
 
@@ -242,13 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 CONFIG_COMMANDS = {"train": "marvit.train.loop:train", "eval": "marvit.train.evaluate:main",
-                   "profile": "marvit.bench.profile:main"}  # fmt: skip
+                   "profile": "marvit.bench.profile:main", "recipe": "marvit.bench.recipe:main"}  # fmt: skip
 COMMANDS = {
     "info": "marvit.bench.info:main",
     "doctor": "marvit.bench.doctor:main",
     "synth": "marvit.pipeline.synth:main",
     "convert": "marvit.pipeline.convert:convert",
     "verify": "marvit.pipeline.convert:verify",
+    "manifest": "marvit.pipeline.parts:{action}",
     "demo": "marvit.demo:main",
     "visualize": "marvit.bench.visualize:main",
 }
@@ -274,12 +303,22 @@ def main(argv: list[str] | None = None) -> int:
             # the config's own checks, then those that need the data or the device, before any work
             cfg = load_config(args.pop("config"), args.pop("overrides"))
             return _call(CONFIG_COMMANDS[cmd], cfg=cfg, **args)
+        if cmd == "manifest":
+            return _call(COMMANDS[cmd].format(action=args.pop("action")), **args)
         return _call(COMMANDS[cmd], **args)
     except InputError as e:
         if debug:
             raise
         name = f"{cmd} {ns.bench}" if cmd == "bench" else cmd
         print(f"marvit {name}: {e}", file=sys.stderr)
+        return getattr(e, "status", 2)  # a diverged run: 3 (marvit/train/guard.py)
+    except OSError as e:  # the machine's, not marvit's: a full disk, a permission, a read-only mount
+        from marvit.train.fsio import ENVIRONMENT_ERRNOS, describe
+
+        if debug or e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        name = f"{cmd} {ns.bench}" if cmd == "bench" else cmd
+        print(f"marvit {name}: {describe(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"marvit {cmd}: interrupted", file=sys.stderr)

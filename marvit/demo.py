@@ -81,7 +81,9 @@ def _run_phase(cfg: Config, scheme: str, out_dir: Path, pretrained: str | None, 
     c.train.scheme, c.train.out_dir, c.train.epochs = scheme, str(out_dir), epochs
     c.model.pretrained = pretrained
     t0 = time.perf_counter()
-    train(c)
+    rc = train(c)
+    if rc:  # stopped by a signal after saving (exit 75): the demo stops with it
+        raise SystemExit(rc)
     res = json.loads((out_dir / "results.json").read_text())
     res["wall_s"] = time.perf_counter() - t0
     return res

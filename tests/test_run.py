@@ -166,7 +166,8 @@ def test_learning_rate_scales_with_videos_not_repeated_views(tmp_path):
                   "train.accum_steps=2", "train.max_steps=1", "train.scheme=standard")  # fmt: skip
     assert train(cfg) == 0
     res = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert res["global_batch"] == 4 * 2 * 1
+    assert res["global_batch"] == 4 * 2 * 2  # clips, repeats counted (Table I's count)
+    assert res["videos_per_step"] == 4 * 2 * 1
     assert res["peak_lr"] == pytest.approx(0.001 * 8 / 256)
 
 
@@ -235,7 +236,7 @@ def test_eval_takes_a_run_directory_and_overrides_after_its_options(tmp_path, ca
     capsys.readouterr()
     # the run directory, not a checkpoint: its best checkpoint is used; overrides may follow the options
     assert cli(["eval", str(config), "--checkpoint", str(run), "--views", "1x1", "train.scheme=standard",
-                "data.synthetic_samples=[32,8]"]) == 0  # fmt: skip
+                "data.synthetic_samples=[32,8]", "--out", str(tmp_path / "ev")]) == 0  # fmt: skip
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert res["checkpoint"] == str(run / "checkpoints" / "best") and res["num_videos"] == 8
     assert res["views"] == "1x1" and res["mask"] is None

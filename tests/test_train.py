@@ -200,7 +200,7 @@ def test_bad_configs_fail_before_any_work(tmp_path, capsys):
 
 
 def test_a_run_ends_evaluated_whatever_the_eval_interval(tmp_path):
-    # 32 samples / batch 4 = 8 steps per epoch, 2 epochs: an interval of 5 evaluates at step 5 only, so the
+    # 32 samples / batch 4 = 8 steps per epoch, 2 epochs: an interval of 5 epochs never falls due, so the
     # last step (16, an epoch end, already checkpointed) must still be evaluated and reported
     _, cfg = _cfg(tmp_path, "train.eval_interval=5", "train.scheme=standard")
     assert train(cfg) == 0
@@ -210,5 +210,15 @@ def test_a_run_ends_evaluated_whatever_the_eval_interval(tmp_path):
     evals = [
         json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"val_top1"' in line
     ]
-    assert [e["step"] for e in evals] == [5, 10, 15, 16]
+    assert [e["step"] for e in evals] == [16]
     assert evals[-1]["val_top1"] == res["top1"]
+
+
+def test_warm_up_starts_from_warmup_lr():
+    # official MAR _BASE: WARMUP_START_LR 1e-6 -> BASE_LR over the warm-up, linearly
+    assert cosine_lr(0, 100, 10, 1e-3, 1e-6, start=1e-6) == 1e-6
+    assert cosine_lr(5, 100, 10, 1e-3, 1e-6, start=1e-6) == pytest.approx((1e-6 + 1e-3) / 2)
+    assert cosine_lr(10, 100, 10, 1e-3, 1e-6, start=1e-6) == pytest.approx(1e-3)
+    assert load_config(None, ["train.warmup_lr=1e-6"]).train.warmup_lr == 1e-6
+    with pytest.raises(ConfigError, match="train.warmup_lr=-1.0"):
+        load_config(None, ["train.warmup_lr=-1"])

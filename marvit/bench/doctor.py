@@ -22,6 +22,10 @@ Rows (device in brackets where it matters):
 - ``compiled block``: one encoder block under ``torch.compile`` (inductor, ``fullgraph=True``) vs eager,
   output and gradients.
 
+On CUDA the doctor also measures the data path (``data path``, :mod:`marvit.bench.datapath`): DALI loader
+clips/s and decoded frames/s with 1, 2, 4 and 7 pipelines on a clip set written on the spot, beside a ViT-B
+MAR training step, and whether data keeps up; a measurement, not a row of the exit status.
+
 The table goes to stdout (or one JSON object with ``as_json``) and ``doctor.json`` is written atomically to
 ``out``. Exit status 0 when no row failed, 1 otherwise.
 """
@@ -53,6 +57,7 @@ from marvit.kernels import (
 )
 
 DEFAULT_OUT = "doctor_out"
+DATA_PATH = "data path"  # the GPU data path measurement (a section of its own, not a pass/fail row)
 SCHEMES = ("standard", "mar", "pretrain")
 
 
@@ -426,11 +431,16 @@ def run_check(name: str, device: torch.device, fn: Callable[[], Result]) -> Row:
 
 def run(device: torch.device | None = None, only: Collection[str] | None = None) -> dict[str, Any]:
     """The checks (all, or those named in `only`) on `device` (default: the first CUDA device, else the
-    CPU); returns the JSON-ready report."""
+    CPU), and on CUDA the data path measurement (``DATA_PATH``, :mod:`marvit.bench.datapath`); returns the
+    JSON-ready report."""
+    from marvit.bench import datapath
+
     device = device or torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     todo = checks(device)
+    want_data = only is None or DATA_PATH in only
     if only is not None:
-        unknown = sorted(set(only) - {name for name, _ in todo})
+        only = set(only) - {DATA_PATH}
+        unknown = sorted(only - {name for name, _ in todo})
         if unknown:
             raise InputError(f"doctor: unknown check(s) {unknown}; known: {[name for name, _ in todo]}")
         todo = [(name, fn) for name, fn in todo if name in only]
@@ -444,6 +454,7 @@ def run(device: torch.device | None = None, only: Collection[str] | None = None)
         "kernels": dispatch.describe(),
         "rows": [asdict(r) for r in rows],
         "summary": counts,
+        "data_path": datapath.measure(device) if want_data else {"skipped": "not asked for (--only)"},
         "total_s": round(time.perf_counter() - t0, 2),
     }
 
@@ -459,6 +470,10 @@ def format_table(res: dict[str, Any]) -> str:
         lines.append(
             f"{r['check']:<28} {r['device']:<8} {r['status']:<6} {err:>9} {tol:>8} {ms:>9}  {r['detail']}"
         )
+    if "data_path" in res:
+        from marvit.bench.datapath import format_report
+
+        lines.append(format_report(res["data_path"]))
     s = res["summary"]
     lines.append(f"{s['pass']} passed, {s['fail']} failed, {s['skip']} skipped in {res['total_s']:.1f} s")
     return "\n".join(lines)

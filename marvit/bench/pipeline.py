@@ -22,8 +22,7 @@ do not report which frames they drew, so the decoded frames are the expectation 
 each sample, many clips drawn with the same sampling as the loaders (16 frames at stride 4, a uniform
 start), counted with the sample's own keyframe positions by the rule each loader's decoder follows
 (:func:`marvit.pipeline.video.decoded_frames`): DALI's CPU decoder (2.1) decodes from the first frame
-whatever it is asked (measured: frames 80-95 of a 96-frame clip cost 132 ms, frames 0-15 41 ms; so
-``from_start`` on a CPU); on a GPU, DALI's FramesDecoder source rule (``dali``: forward gaps of at most 10
+whatever it is asked (measured in :mod:`marvit.pipeline.dali_loader`; so ``from_start`` on a CPU); on a GPU, DALI's FramesDecoder source rule (``dali``: forward gaps of at most 10
 frames decoded through, so at stride 4 it decodes from the keyframe before the first sampled frame to the
 last; not measured here, no GPU), the PyAV loader's seek to the first frame's keyframe and decode through the last (``seek_once``,
 unless the loader module names another rule in ``DECODE_RULE``), the naive loader from frame 0
@@ -48,6 +47,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from marvit.bench.timing import sync
 from marvit.config import DataConfig
 from marvit.errors import InputError
 from marvit.pipeline import build_loader
@@ -195,6 +195,52 @@ def _time(batches, clips: int, bar: tqdm) -> tuple[int, float, float, float, int
     return done, dt, startup, _cpu_seconds() - c0, done + first
 
 
+PIPELINES = (1, 2, 4, 7)  # DALI pipelines per rank to measure (a GPU has up to 7 video decoder engines)
+
+
+def pipelines_arg(text: str) -> tuple[int, ...]:
+    """``--pipelines 1,2,4,7``: positive counts."""
+    try:
+        counts = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise InputError(f"--pipelines {text!r}: expected comma-separated positive counts, e.g. 1,2,4,7")
+    return counts
+
+
+def pipeline_sweep(cfg: DataConfig, split: str, shards: str, counts: tuple[int, ...], clips: int,
+                   decoded_per_clip: float, device: torch.device) -> list[dict]:  # fmt: skip
+    """Steady-state loader clips/s and decoded frames/s with each count of DALI pipelines per rank, over
+    ``clips`` clips. Each pass over the epoch builds its graphs afresh: its first batch (graph build and
+    warm-up) is timed apart as start-up, the rest as the steady state, the device synced at both ends.
+    Decoded frames/s = clips/s x the expected decoded frames per clip (the same at any count)."""
+    from dataclasses import replace
+
+    rows = []
+    for p in counts:
+        loader = build_loader(replace(cfg, dali_pipelines=p), split, train=True, shards=shards, device=device)
+        if len(loader) < 2:
+            rows.append({"pipelines": p, "skipped": f"{len(loader)} batches per epoch: too few samples"})
+            continue
+        done, steady, startup = 0, 0.0, []
+        while done < clips:
+            t0 = time.perf_counter()
+            it = iter(loader)
+            next(it)
+            sync(device)
+            startup.append(time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            for b in it:
+                done += b["video"].shape[0]
+            sync(device)
+            steady += time.perf_counter() - t1
+        rows.append({"pipelines": p, "clips": done, "seconds": steady, "clips_per_s": done / steady,
+                     "decoded_frames_per_s": done / steady * decoded_per_clip,
+                     "startup_s": float(np.median(startup))})  # fmt: skip
+    return rows
+
+
 def main(
     shards: str,
     backend: str = "dali",
@@ -206,15 +252,19 @@ def main(
     size: int = 224,
     out: str | None = None,
     as_json: bool = False,
+    pipelines: str = ",".join(map(str, PIPELINES)),
 ) -> int:
     _check_source(shards)
+    counts = pipelines_arg(pipelines)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # DALI decodes on the GPU there
     cfg = DataConfig(backend=backend, num_frames=frames, img_size=size, test_short_side=size,
                      batch_size=batch, num_workers=workers, sampling="kinetics", sampling_rate=4)  # fmt: skip
     shard_set = find_shards(shards, split)
-    loader = build_loader(cfg, split, train=True, shards=shards)
+    loader = build_loader(cfg, split, train=True, shards=shards, device=device)
 
     def ours():
         for b in loader:
+            sync(device)  # the batch is ready, not just queued
             yield b["video"]
 
     with tempfile.TemporaryDirectory(prefix="marvit_bench_") as tmp:
@@ -244,8 +294,12 @@ def main(
                     acc[name][2].append(startup)
                     acc[name][3] += cpu
                     acc[name][4] += made
+        loader = None  # its threads and buffers, before the sweep builds others
+        sweep = (pipeline_sweep(cfg, split, shards, counts, clips, work[rules[backend]], device)
+                 if backend == "dali" else [])  # fmt: skip
     results = [
         {"loader": name, "clips": n, "seconds": dt, "clips_per_s": n / dt, "frames_per_s": n * frames / dt,
+         "decoded_frames_per_s": n / dt * work[rules[name]],
          "startup_s": float(np.median(st)), "cpu_ms_per_clip": 1000.0 * cpu / made,
          "decoded_frames_per_clip": work[rules[name]], "decode_rule": rules[name],
          "bytes_read_per_clip": read[name]}
@@ -253,7 +307,7 @@ def main(
     ]  # fmt: skip
     report = {
         "backend": backend,
-        "device": "cpu",
+        "device": str(device),
         "shards": str(shards),
         "split": split,
         "samples": shard_set.num_samples,
@@ -267,6 +321,7 @@ def main(
         "results": results,
         "speedup_vs_naive": results[0]["clips_per_s"] / results[1]["clips_per_s"],
         "cpu_ratio_naive_over_ours": results[1]["cpu_ms_per_clip"] / results[0]["cpu_ms_per_clip"],
+        "pipelines": sweep,
     }
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
@@ -287,4 +342,19 @@ def main(
         f"{backend} over the naive loader: {report['speedup_vs_naive']:.2f}x clips/s, "
         f"{report['cpu_ratio_naive_over_ours']:.2f}x less CPU per clip"
     )
+    print(sweep_table(sweep))
     return 0
+
+
+def sweep_table(sweep: list[dict]) -> str:
+    """The pipeline sweep as text lines (empty without one)."""
+    if not sweep:
+        return ""
+    lines = [f"{'DALI pipelines':>14} {'clips/s':>9} {'decoded frames/s':>17} {'startup s':>10}"]
+    for r in sweep:
+        if "skipped" in r:
+            lines.append(f"{r['pipelines']:>14}  skipped: {r['skipped']}")
+            continue
+        lines.append(f"{r['pipelines']:>14} {r['clips_per_s']:>9.2f} {r['decoded_frames_per_s']:>17.0f} "
+                     f"{r['startup_s']:>10.2f}")  # fmt: skip
+    return "\n".join(lines)

@@ -227,34 +227,68 @@ class _Job:
     compiled: bool
 
 
-def run(
-    preset: str = "vit_b", standard_preset: str | None = None, frames: int = 16, size: int = 224,
-    batch: int = 2, ratios: Iterable[float] = (0.5,), decoder_keep: float = 1.0, iters: int = 5,
-    warmup: int = 1, device: str = "auto", progress: bool = True, checkpoint_heads: bool = False,
-    variants: Iterable[tuple[float, bool]] | None = None, compile: bool = False,
-    static: float | None = None, video: torch.Tensor | None = None,
-) -> dict:  # fmt: skip
-    """Time the standard scheme against MAR at each ratio (one MAR model serves every ratio).
+@dataclass
+class StepOptions:
+    """What ``marvit bench step`` times: one field per option (the command's flags, by the same names), so
+    a new option is one field here and one flag in cli.py.
 
-    ``variants``: (decoder_keep, checkpoint_heads) pairs, each timed as its own MAR job at every ratio,
-    interleaved with the others (default: the one pair given by ``decoder_keep`` and ``checkpoint_heads``).
-    ``compile``: every job also runs with its transformer blocks compiled (``train.compile``), on copies of
-    the same weights, in the same interleaved loop; rows then come in eager and compiled pairs. Compilation
-    happens in the warm-up iterations (at least 2 with ``compile``), and its time is reported apart.
-    ``static``: also time MAR + static dropping at this threshold (the first ratio, the first variant).
-    ``video``: a (B, C, T, H, W) batch of real normalized clips to time on (else random numbers).
-    """
-    if video is not None:
-        batch, frames, size = video.shape[0], video.shape[2], video.shape[3]
-    ratios = list(ratios)
-    variants = list(variants) if variants is not None else [(decoder_keep, checkpoint_heads)]
+    ``variants``: MAR also with ``decoder_keep`` (0.5 if left at 1.0), with checkpointed heads, and both,
+    against one standard run; ``sweep``: MAR at each of ``SWEEP_RATIOS``; ``compile``: every job also with
+    its transformer blocks compiled (``train.compile``), on copies of the same weights, in the same
+    interleaved loop (rows then come in eager and compiled pairs; compilation happens in the warm-up
+    iterations, at least 2, and its time is reported apart)."""
+
+    preset: str = "vit_b"
+    standard_preset: str | None = None  # the standard scheme's preset (default: ``preset``)
+    frames: int = 16
+    size: int = 224
+    batch: int = 2
+    mask_ratio: float = 0.5
+    decoder_keep: float = 1.0
+    iters: int = 5
+    warmup: int = 1
+    device: str = "auto"
+    checkpoint_heads: bool = False
+    variants: bool = False
+    sweep: bool = False
+    compile: bool = False
+    progress: bool = True
+    shards: str | None = None  # time on a batch of real clips from it; with variants, MAR + static joins
+    static_threshold: float = 0.1  # mask.static_threshold of the MAR + static job
+
+    def ratios(self) -> list[float]:
+        return list(SWEEP_RATIOS) if self.sweep else [self.mask_ratio]
+
+    def pairs(self) -> list[tuple[float, bool]]:
+        """(decoder_keep, checkpoint_heads) of each MAR job."""
+        if not self.variants:
+            return [(self.decoder_keep, self.checkpoint_heads)]
+        keep = self.decoder_keep if self.decoder_keep < 1.0 else 0.5
+        return [(1.0, False), (keep, False), (1.0, True), (keep, True)]
+
+
+def run(opts: StepOptions) -> dict:
+    """Time the standard scheme against MAR at each ratio (one MAR model serves every ratio), every MAR job
+    interleaved with the others."""
+    preset, frames, size, batch = opts.preset, opts.frames, opts.size, opts.batch
+    iters, warmup, compile = opts.iters, opts.warmup, opts.compile
+    ratios, variants = opts.ratios(), opts.pairs()
+    video, static = None, None
+    if (
+        opts.shards is not None
+    ):  # real clips: MAR + static dropping joins the variants (its tokens need content)
+        from marvit.bench.tokens import load_clips
+
+        video = load_clips(opts.shards, "val", frames, size, 4, batch, "pyav")[0]  # (B, C, T, H, W)
+        batch = video.shape[0]
+        static = opts.static_threshold if opts.variants else None
     if iters < 1 or warmup < 0:
         raise InputError(f"--iters={iters}, --warmup={warmup}: need iters >= 1 and warmup >= 0")
     if compile:
         warmup = max(warmup, 2)  # the first iterations compile (and may recompile once with dynamic shapes)
-    dev = pick_device(device, 0)
+    dev = pick_device(opts.device, 0)
     amp_dtype = torch.bfloat16 if dev.type == "cuda" else None  # bf16 can crash on this CPU: fp32 there
-    std_preset = standard_preset or preset
+    std_preset = opts.standard_preset or preset
     torch.manual_seed(0)
     std_cfg, std_scheme = resolved_scheme("standard", std_preset, frames, size, batch)
     # one MAR job per (ratio, decoder_keep, checkpoint_heads)
@@ -294,7 +328,9 @@ def run(
     first_ms: dict[str, float] = {}  # the first training step of each job (compilation included)
 
     total = warmup + iters
-    bar = tqdm(range(total), desc=f"bench step ({len(jobs)} jobs)", disable=not progress, file=sys.stderr)
+    bar = tqdm(
+        range(total), desc=f"bench step ({len(jobs)} jobs)", disable=not opts.progress, file=sys.stderr
+    )
     for i in bar:
         for j in jobs:
             j.model.train()
@@ -470,28 +506,11 @@ def plot(res: dict, path: Path) -> None:
     save_figure(fig, path, dpi=120)
 
 
-def main(
-    preset: str, standard_preset: str | None, frames: int, size: int, batch: int, mask_ratio: float,
-    decoder_keep: float, iters: int, warmup: int, device: str, sweep: bool, out: str | None, as_json: bool,
-    checkpoint_heads: bool = False, variants: bool = False, compile: bool = False, shards: str | None = None,
-    static_threshold: float = 0.1,
-) -> int:  # fmt: skip
-    """``--variants``: the paper's setting (full decoder, nothing checkpointed) beside the training options
-    (``--decoder-keep``, 0.5 unless given; checkpointed heads; both), all against one standard run."""
-    ratios = SWEEP_RATIOS if sweep else (mask_ratio,)
-    pairs = None
-    if variants:
-        keep = decoder_keep if decoder_keep < 1.0 else 0.5
-        pairs = [(1.0, False), (keep, False), (1.0, True), (keep, True)]
-    video, static = None, None
-    if shards is not None:  # real clips: MAR + static dropping joins the variants (its tokens need content)
-        from marvit.bench.tokens import load_clips
-
-        video = load_clips(shards, "val", frames, size, 4, batch, "pyav")[0]
-        static = static_threshold if variants else None
-    res = run(preset, standard_preset, frames, size, batch, ratios, decoder_keep, iters, warmup, device,
-              checkpoint_heads=checkpoint_heads, variants=pairs, compile=compile, static=static, video=video)  # fmt: skip
-    if not sweep and not variants:  # one job: its numbers at the top level too
+def main(out: str | None = None, as_json: bool = False, **options: Any) -> int:
+    """``marvit bench step``: ``options`` are :class:`StepOptions` fields (the command's flags)."""
+    opts = StepOptions(**options)
+    res = run(opts)
+    if not opts.sweep and not opts.variants:  # one job: its numbers at the top level too
         res.update({k: res["results"][0][k] for k in ("mask_ratio", "visible_tokens", "decoder_tokens",
                                                       "train", "infer", "activation_mb")})  # fmt: skip
     out_dir = Path(out or "bench_step")
@@ -499,11 +518,11 @@ def main(
     atomic_write_json(out_dir / "step.json", res, indent=2)
     table = _table(res)
     atomic_write_bytes(out_dir / "step.md", (table + "\n").encode())
-    if sweep:
+    if opts.sweep:
         plot(res, out_dir / "step_sweep.png")
     if as_json:
         print(jsonlib.dumps(res))
     else:
         print(table)
-        print(f"wrote {out_dir / 'step.json'}" + (f" and {out_dir / 'step_sweep.png'}" if sweep else ""))
+        print(f"wrote {out_dir / 'step.json'}" + (f" and {out_dir / 'step_sweep.png'}" if opts.sweep else ""))
     return 0

@@ -7,7 +7,15 @@ Recognized layouts (detected from the keys, not from file names):
 - Hugging Face transformers VideoMAE (``VideoMAEModel``, ``VideoMAEForPreTraining``,
   ``VideoMAEForVideoClassification``): a directory with ``model.safetensors`` or ``pytorch_model.bin``, or one
   such file; separate query/key/value weights are fused into ``qkv``;
-- marvit's own safetensors weights (the model's own key names).
+- marvit's own safetensors weights (the model's own key names);
+- an ImageNet image ViT in timm's naming (``vit_base_patch16_224``: ``cls_token``, a 2-D ``patch_embed``,
+  ``blocks.N.attn.qkv.bias``), Table IX(b)'s initialization: the patch embedding ``(D, C, p, p)`` is inflated
+  to tubelets ``(D, C, t, p, p)`` by repeating it over time divided by ``t`` (a still clip then embeds as the
+  image did), the q and v thirds of the qkv bias become ``q_bias`` / ``v_bias`` and the k third is dropped
+  (a key bias adds the same term to every key of a query, which softmax cancels); the class token, the
+  learned position table and the 1000-class head have no place in the video model and are reported.
+
+A model built with ``decoder_init="random"`` (Table VIII) takes no decoder weights: they are reported skipped.
 
 Files are read as data: ``torch.load(weights_only=True)`` or safetensors, the format told from the file's
 first bytes, not its name. A missing path, an empty directory, a truncated file, a text file under a
@@ -188,7 +196,25 @@ def convert_state_dict(
     head_keys = (
         {"fc_norm": "head.norm", "head": "head.fc", "classifier": "head.fc"} if head == "linear" else {}
     )
-    if layout == "videomae_pretrain":
+    if (
+        layout == "videomae_finetune"
+        and "cls_token" in sd
+        and sd.get("patch_embed.proj.weight", torch.zeros(1)).ndim == 4
+    ):
+        layout = "timm_image"
+        for k, v in sd.items():
+            first = k.partition(".")[0]
+            if k.endswith(".attn.qkv.bias"):  # (3D,): q | k | v
+                d = v.shape[0] // 3
+                base = "encoder." + k.removesuffix("qkv.bias")
+                out[base + "q_bias"], out[base + "v_bias"] = v[:d], v[2 * d :]
+            elif first in ("patch_embed", "blocks", "norm"):
+                out["encoder." + k] = v
+            elif first in head_keys:
+                out[f"{head_keys[first]}.{k.partition('.')[2]}"] = v
+            else:  # cls_token, the learned pos_embed, timm's fc_norm / head: reported, never loaded
+                out[k] = v
+    elif layout == "videomae_pretrain":
         for k, v in sd.items():
             if not k.startswith("encoder.head."):  # VideoMAE's pretraining head is not marvit's classifier
                 out[k] = v
@@ -254,10 +280,22 @@ def load_pretrained(model: nn.Module, path: str | Path, ignore_head_mismatch: bo
     own = model.state_dict()
     report = LoadReport(path=str(path), layout=layout)
     to_load: dict[str, torch.Tensor] = {}
+    random_decoder = getattr(getattr(model, "cfg", None), "decoder_init", "pretrained") == "random"
     for k, v in sd.items():
         if k not in own:
             report.unexpected.append(k)
             continue
+        if random_decoder and k.startswith(("decoder.", "encoder_to_decoder.", "mask_token")):
+            report.skipped.append(k)  # model.decoder_init=random: the decoder keeps its initialization
+            continue
+        if (
+            layout == "timm_image"
+            and k == "encoder.patch_embed.proj.weight"
+            and v.ndim == 4 == own[k].ndim - 1
+        ):
+            t = own[k].shape[2]
+            # (D, C, p, p) -> (D, C, t, p, p): a still clip embeds as the image did
+            v = v[:, :, None].repeat(1, 1, t, 1, 1) / t
         if tuple(v.shape) != tuple(own[k].shape):
             if ignore_head_mismatch and k.startswith("head."):  # a new task's head: keep it initialized
                 report.skipped.append(k)
@@ -267,6 +305,9 @@ def load_pretrained(model: nn.Module, path: str | Path, ignore_head_mismatch: bo
                 "(does the model config match the checkpoint's size, tubelet and patch?)"
             )
         to_load[k] = v.to(own[k].dtype)
+    bad = nonfinite_tensors(to_load)
+    if bad:  # one NaN tensor makes every loss NaN from the first step
+        raise InputError(f"{path}: non-finite values (NaN or inf) in {len(bad)} tensor(s): {bad[:5]}")
     result = model.load_state_dict(to_load, strict=False)
     # strict accounting after the non-strict load: exactly what was offered loaded, exactly the rest missing
     missing = sorted(set(own) - set(to_load))
@@ -280,3 +321,12 @@ def load_pretrained(model: nn.Module, path: str | Path, ignore_head_mismatch: bo
     report.unexpected.sort()
     report.skipped.sort()
     return report
+
+
+def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an infinity (one host sync for them all)."""
+    names = [k for k, v in tensors.items() if v.is_floating_point()]
+    if not names:
+        return []
+    flags = torch.stack([tensors[k].detach().isfinite().all() for k in names]).cpu()  # sync point
+    return [k for k, ok in zip(names, flags.tolist()) if not ok]

@@ -71,7 +71,7 @@ class Decoder(nn.Module):
 
 def tubelet_targets(
     video: torch.Tensor, tubelet: int, patch: int, index: torch.Tensor | None = None,
-    mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD,
+    mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD, normalize: bool = True,
 ) -> torch.Tensor:  # fmt: skip
     """Normalized-pixel targets ``(B, N_t, t*p*p*C)`` for the tokens ``index`` (all tokens when None).
 
@@ -79,11 +79,15 @@ def tubelet_targets(
     with the unbiased std (``(x - mean) / (std + 1e-6)``), flatten as (pixels, channel), as VideoMAE does.
     The per-tubelet, per-channel normalization cancels the un-normalization's affine map up to the 1e-6, so
     the default ImageNet ``mean``/``std`` serve whatever ``data.mean``/``data.std`` the input had.
+    ``normalize=False`` (Table VIII's unnormalized target): the un-normalized pixels themselves, in [0, 1]
+    for ImageNet-normalized input, in the same (pixels, channel) order.
     """
     with torch.no_grad():
         x = gather_tubelets(video, index, tubelet, patch).flatten(3)  # (B, N_t, C, t*p*p): selected only
         m = torch.as_tensor(mean, dtype=video.dtype, device=video.device).view(1, 1, -1, 1)
         s = torch.as_tensor(std, dtype=video.dtype, device=video.device).view(1, 1, -1, 1)
         x = x * s + m
+        if not normalize:
+            return rearrange(x, "b n c p -> b n (p c)")
         x = (x - x.mean(dim=-1, keepdim=True)) / (x.var(dim=-1, unbiased=True, keepdim=True).sqrt() + 1e-6)
         return rearrange(x, "b n c p -> b n (p c)")

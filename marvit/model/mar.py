@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from marvit.config import ConfigError, ModelConfig
+from marvit.config import HEADS, ConfigError, ModelConfig
 from marvit.model.decoder import Decoder, tubelet_targets
 from marvit.model.encoder import VisionTransformer
-from marvit.model.heads import BridgingClassifier, LinearHead
+from marvit.model.heads import BridgingClassifier, LinearHead, MLPHead
 from marvit.model.layers import init_weights
 from marvit.model.packed import Packed
 
@@ -32,17 +32,20 @@ TRAIN_ONLY = ("decoder.", "encoder_to_decoder.", "mask_token")
 class MARModel(nn.Module):
     def __init__(self, cfg: ModelConfig, with_decoder: bool = True) -> None:
         super().__init__()
-        if cfg.head not in ("bridging", "linear", "none"):
-            raise ConfigError(f"model.head={cfg.head!r}: allowed values are ['bridging', 'linear', 'none']")
+        if cfg.head not in HEADS:
+            raise ConfigError(f"model.head={cfg.head!r}: allowed values are {list(HEADS)}")
         self.cfg = cfg
         # the fine-tuning layout normalizes the pooled tokens (fc_norm) instead of every token
         self.encoder = VisionTransformer(cfg, final_norm=cfg.head != "linear")
-        self.head: BridgingClassifier | LinearHead | None = None
+        self.head: BridgingClassifier | LinearHead | MLPHead | None = None
         if cfg.head == "bridging":
             self.head = BridgingClassifier(
                 cfg.embed_dim, cfg.num_classes, cfg.bridge_dim, cfg.bridge_depth, cfg.bridge_heads,
-                cfg.bridge_mlp_ratio, cfg.head_dropout,
+                cfg.bridge_mlp_ratio, cfg.head_dropout, cfg.num_tokens, cfg.bridge_pos_embed,
+                cfg.bridge_mask_tokens,
             )  # fmt: skip
+        elif cfg.head == "mlp":
+            self.head = MLPHead(cfg.embed_dim, cfg.num_classes, cfg.bridge_dim, cfg.head_dropout)
         elif cfg.head == "linear":
             self.head = LinearHead(cfg.embed_dim, cfg.num_classes, cfg.head_dropout)
         self.with_decoder = with_decoder
@@ -56,6 +59,8 @@ class MARModel(nn.Module):
         self.apply(init_weights)
         if with_decoder:
             nn.init.trunc_normal_(self.mask_token, std=0.02)
+        if getattr(self.head, "mask_token", None) is not None:
+            nn.init.trunc_normal_(self.head.mask_token, std=0.02)
         if self.head is not None:
             with torch.no_grad():  # VideoMAE's init_scale of the class projection (1 for MAR's bridging head)
                 self.head.fc.weight.mul_(self.head.INIT_SCALE)
@@ -72,11 +77,15 @@ class MARModel(nn.Module):
     def forward_head(
         self, tokens: torch.Tensor, visible_idx: torch.Tensor | Packed | None = None
     ) -> torch.Tensor:
-        """tokens: (B, N_vis, D), or packed (M, D) with its :class:`Packed` index -> logits (B, classes)."""
+        """tokens: (B, N_vis, D) at ``visible_idx`` (B, N_vis), or packed (M, D) with its :class:`Packed`
+        index -> logits (B, classes)."""
         if self.head is None:
             raise RuntimeError("this model has no classification head (model.head='none': pretraining)")
-        if isinstance(visible_idx, Packed):
-            return self.head(tokens, visible_idx.ragged())
+        seq = visible_idx.ragged() if isinstance(visible_idx, Packed) else None
+        if isinstance(self.head, BridgingClassifier) and self.head.use_pos:  # the Table VII ablations
+            return self.head(tokens, visible_idx.tokens if seq is not None else visible_idx, seq)
+        if seq is not None:
+            return self.head(tokens, seq=seq)
         return self.head(tokens)
 
     def forward_decoder(
@@ -94,9 +103,11 @@ class MARModel(nn.Module):
             visible_idx = torch.arange(n, device=tokens.device).expand(b, n)
         return self.decoder(self.encoder_to_decoder(tokens), self.mask_token, visible_idx, target_idx)
 
-    def targets(self, video: torch.Tensor, target_idx: torch.Tensor) -> torch.Tensor:
-        """Normalized-pixel targets of the tokens ``target_idx``: (B, N_t, t*p*p*C)."""
-        return tubelet_targets(video, self.cfg.tubelet_size, self.cfg.patch_size, target_idx)
+    def targets(self, video: torch.Tensor, target_idx: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Normalized-pixel (or with ``normalize=False`` raw-pixel) targets of ``target_idx``: (B, N_t, t*p*p*C)."""
+        return tubelet_targets(
+            video, self.cfg.tubelet_size, self.cfg.patch_size, target_idx, normalize=normalize
+        )
 
     def forward(
         self,
@@ -129,7 +140,7 @@ class MARModel(nn.Module):
     # ---- optimizer metadata ----------------------------------------------------------------------
     def no_weight_decay(self) -> set[str]:
         """Names excluded from weight decay besides norms and biases (which the optimizer finds by ndim)."""
-        return {"mask_token"}
+        return {"mask_token", "head.mask_token"}
 
     def num_layers(self) -> int:
         """Layer ids for layer-wise lr decay run 0 (embedding) .. depth + 1 (heads and decoder)."""

@@ -49,7 +49,7 @@ from fractions import Fraction
 
 import torch
 
-from marvit.config import ConfigError
+from marvit.config import ConfigError, check_mask_ranges
 
 Grid = tuple[int, int, int]
 Cell = tuple[int, int]
@@ -97,11 +97,7 @@ def validate_mask(
     """
     if strategy not in _STRATEGIES:
         raise ConfigError(f"{prefix}.strategy={strategy!r}: unknown; allowed: {list(MASK_STRATEGIES)}")
-    if not 0.0 <= ratio < 1.0:
-        raise ConfigError(f"{prefix}.ratio={ratio}: must be in [0, 1) (the masked fraction)")
-    r, q = cell
-    if r <= 0 or q <= 0:
-        raise ConfigError(f"{prefix}.cell={[r, q]}: both sides must be positive")
+    check_mask_ranges(ratio, cell, prefix)
     if spatial not in SPATIAL:
         raise ConfigError(f"{prefix}.spatial={spatial!r}: allowed values are {list(SPATIAL)}")
     if temporal not in TEMPORAL:
@@ -140,8 +136,11 @@ def make_mask(
     spatial: str = "repeated",
     temporal: str | None = None,
     device: torch.device | str | None = None,
+    start: int = 0,
 ) -> torch.Tensor:
     """Return a bool mask ``(batch, T, H, W)``, True = masked.
+
+    ``start``: the state of slice 0 in cell running's evaluation mask (``mask.eval_start``, Table III(b)).
 
     ``train`` selects the random training variant of cell running (random starting phase, and unless
     ``temporal="fixed"``, shuffled slices); the other strategies are random in either mode. ``temporal``
@@ -159,7 +158,8 @@ def make_mask(
     def rand(*shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=generator, device=dev)
 
-    draw = _Draw(batch=batch, train=train, cell=cell, spatial=spatial, temporal=temporal, rand=rand, dev=dev)
+    draw = _Draw(batch=batch, train=train, cell=cell, spatial=spatial, temporal=temporal, rand=rand, dev=dev,
+                 start=start)  # fmt: skip
     return _STRATEGIES[strategy].make(ratio, grid, draw).to(out_dev)
 
 
@@ -171,8 +171,11 @@ def eval_visible(
     *,
     cell: Cell = (2, 2),
     device: torch.device | str | None = None,
+    start: int = 0,
 ) -> torch.Tensor | None:
     """Visible indices ``(B, N_vis)`` of the fixed evaluation mask, or None when nothing is masked.
+
+    ``start`` is cell running's starting state (the phase of slice 0); the other strategies ignore it.
 
     The same for every call: cell running's evaluation pattern, and for the random strategies a draw from a
     generator seeded with :data:`EVAL_SEED`.
@@ -182,7 +185,7 @@ def eval_visible(
     dev = torch.device(device) if device is not None else torch.device("cpu")
     gen = torch.Generator(device=dev).manual_seed(EVAL_SEED)
     m = make_mask(strategy, ratio, grid, batch=batch, train=False, generator=gen, cell=cell,
-                  spatial="repeated", device=dev)  # fmt: skip
+                  spatial="repeated", device=dev, start=start)  # fmt: skip
     return visible_indices(m, num_visible(strategy, ratio, grid, cell))
 
 
@@ -260,6 +263,7 @@ class _Draw:
     temporal: str
     rand: Callable[..., torch.Tensor]  # rand(*shape) -> uniform [0, 1) on ``dev`` from the generator
     dev: torch.device
+    start: int = 0  # cell running's evaluation mask: the state of time slice 0
 
 
 @dataclass(frozen=True)
@@ -336,7 +340,7 @@ def _make_cell_running(ratio: float, grid: Grid, d: _Draw) -> torch.Tensor:
         else:
             start = (d.rand(b, ch, cw) * n).long().clamp_(max=n - 1).view(b, 1, ch, cw)
     elif d.spatial == "repeated":
-        start = torch.zeros(1, 1, 1, 1, dtype=torch.long, device=d.dev)
+        start = torch.full((1, 1, 1, 1), d.start, dtype=torch.long, device=d.dev)
     else:
         raise ConfigError("mask.spatial='random' draws random phases: it needs train=True")
     phase = (tt + start).expand(b, t, ch, cw)

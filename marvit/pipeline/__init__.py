@@ -11,7 +11,12 @@ Every loader it returns keeps one contract:
 - ``loader.iter_from(k)``: the current epoch's batches from batch ``k`` on (resume), and
   ``iter(loader) == loader.iter_from(0)``;
 - ``loader.skipped()``: ``{"count": int, "reasons": {reason: count}, "samples": [...]}``, the samples
-  skipped so far on this rank (a missing member, a video that does not decode), each reason warned once.
+  skipped so far on this rank (a missing member, a video that does not decode, ``.cls`` and ``.json``
+  naming different classes, a shard changed or cut short under the loader), each reason warned once; and
+  ``"repeated": int`` when an epoch that lost samples was filled with repeats of others.
+
+The contract and every stage after decoding live once, in :mod:`.core`; a backend only produces uint8
+clips, labels and flip flags.
 
 Batches are dicts:
 
@@ -36,6 +41,7 @@ if TYPE_CHECKING:
     import torch
 
     from marvit.pipeline.augment import VideoMixup, mixup_fn
+    from marvit.pipeline.core import LoaderCore
 
 __all__ = ["build_loader", "mixup_fn", "VideoMixup", "resolve_backend", "check_shards"]
 
@@ -57,16 +63,9 @@ def __getattr__(name: str) -> Any:
 
 def resolve_backend(backend: str, device: torch.device | str | None = None) -> str:
     """The backend ``data.backend`` names; "auto" is the faster one for ``device`` (None: CUDA when there is
-    one), as measured with ``marvit bench pipeline --clips 64`` at 16x224 (training augmentation):
-
-    - on a GPU, DALI ("mixed" decoding on NVDEC and the augmentation on the GPU: the CPUs stay free for the
-      readers), when DALI imports and decodes;
-    - on a CPU, PyAV: issue 11 measured PyAV 58.7 against DALI's CPU graph 40.8 clips/s; re-measured on a
-      shared 2-core CPU (24 clips of 96 frames at 320x240, batch 4, 2 workers, the recipe's augmentation)
-      PyAV 8.2-8.7 clips/s at 157-162 CPU ms per clip, DALI 6.4 at 198. DALI 2.1's CPU decoder decodes
-      every frame from the first one to the last asked for (``frames=``, ``start_frame`` and
-      ``build_index`` alike: asking for frames 80-95 of 96 costs as much as decoding all 96), while the
-      PyAV loader seeks to the keyframe before the first sampled frame.
+    one): on a GPU, DALI ("mixed" decoding on NVDEC and the augmentation on the GPU: the CPUs stay free for
+    the readers), when DALI imports and decodes; on a CPU, PyAV, which seeks where DALI's CPU decoder
+    decodes from the first frame (measured in :mod:`marvit.pipeline.dali_loader`, "Decode work").
     """
     if backend not in BACKENDS:
         raise InputError(f"data.backend={backend!r}: expected one of {', '.join(repr(b) for b in BACKENDS)}")
@@ -95,14 +94,15 @@ def build_loader(
     epoch: int = 0,
     num_classes: int | None = None,
     shards: str | None = None,
-):
-    """A loader (the contract above) over ``split`` of ``data_cfg.root`` (or of ``shards``, a directory or
+) -> LoaderCore:
+    """A loader (the contract above, kept by :class:`marvit.pipeline.core.LoaderCore`) over ``split`` of ``data_cfg.root`` (or of ``shards``, a directory or
     pattern), with the backend ``data_cfg.backend`` names.
 
     ``train`` defaults to ``split == "train"``. ``num_classes`` is needed by the synthetic backend (its
     labels) and ignored by the others."""
     if not 0 <= rank < world_size:
-        raise InputError(f"rank={rank}, world_size={world_size}: need 0 <= rank < world_size")
+        # the caller's contract (ranks come from the process group), not a user's input
+        raise ValueError(f"rank={rank}, world_size={world_size}: need 0 <= rank < world_size")
     data_cfg.validate()
     train = split == "train" if train is None else train
     backend = resolve_backend(data_cfg.backend, device)
@@ -135,6 +135,9 @@ def build_loader(
     kw = dict(train=train, rank=rank, world_size=world_size, device=device, seed=seed, epoch=epoch)
     if backend == "dali":
         from marvit.pipeline.dali_loader import DaliLoader
+        from marvit.pipeline.shards import local_shards
+
+        shard_set = local_shards(shard_set, data_cfg.cache_dir, rank, world_size)  # remote: staged, verified
 
         return DaliLoader(shard_set, data_cfg, **kw)
     if backend == "cached":  # decoded once into memory, augmented per epoch (small data sets: the demo)

@@ -21,38 +21,27 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
-import av
 import numpy as np
 import torch
 import webdataset as wds
 
-from marvit.config import DataConfig
 from marvit.pipeline import sampling
-from marvit.pipeline.augment import AugmentRecipe, ClipTrainAugment, clip_test_views, erase_clips_, normalize
-from marvit.pipeline.pyav_loader import decode_clip
-from marvit.pipeline.shards import ShardSet, SkipLog, batch_seed, parse_meta
+from marvit.pipeline.augment import ClipTrainAugment, clip_test_views
+from marvit.pipeline.core import MEMBERS, RawBatch, ShardLoader
+from marvit.pipeline.pyav_loader import DECODE_ERRORS, decode_clip
+from marvit.pipeline.shards import CorruptSample, ShardSet, parse_meta
 
-MEMBERS = ("mp4", "cls", "json")
 
-
-class CachedLoader:
+class CachedLoader(ShardLoader):
     """The loader contract of :func:`marvit.pipeline.build_loader` over clips decoded once into memory."""
 
-    def __init__(self, shards: ShardSet, cfg: DataConfig, *, train: bool, rank: int = 0, world_size: int = 1,
-                 device: torch.device | str = "cpu", seed: int = 0, epoch: int = 0) -> None:  # fmt: skip
-        self.cfg, self.train = cfg, train
-        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, epoch
-        self.device = torch.device(device)
-        self.recipe = AugmentRecipe.from_config(cfg)
-        self._skips = SkipLog()
+    def _open(self) -> None:
         self._frames: list[np.ndarray] = []  # training: every frame of each video, uint8 (n, H, W, 3)
         self._views: list[np.ndarray] = []  # evaluation: the test views, uint8 (V, T, S, S, 3)
         self._labels: list[int] = []
         self._ids: list[int] = []
-        for sample, gid in self._samples(shards):
+        for sample, gid in self._samples(self.shards):
             self._add(sample, gid)
-        # training: the same number of batches on every rank (DDP ranks step together)
-        self._train_len = (shards.num_samples // world_size) // cfg.batch_size
 
     # ---- decoding, once ---------------------------------------------------------------------------
     def _samples(self, shards: ShardSet) -> Iterator[tuple[dict, int]]:
@@ -74,7 +63,11 @@ class CachedLoader:
         if missing:
             self._skips.add("missing member", where, f"no .{missing[0]}")
             return
-        n, label = parse_meta(sample["json"], sample["cls"], where)
+        try:
+            n, label = parse_meta(sample["json"], sample["cls"], where)
+        except CorruptSample as e:
+            self._skips.add(e.reason, where, str(e))
+            return
         try:
             if self.train:
                 frames = decode_clip(sample["mp4"], np.arange(n))  # (n, H, W, 3)
@@ -82,7 +75,7 @@ class CachedLoader:
                 idx = sampling.clip_indices(cfg.sampling, n, cfg.num_frames, cfg.sampling_rate, False,
                                             cfg.test_clips)  # fmt: skip
                 frames = decode_clip(sample["mp4"], idx.reshape(-1))
-        except (av.error.FFmpegError, ValueError, IndexError, OSError) as e:
+        except DECODE_ERRORS as e:
             self._skips.add("undecodable video", where, str(e)[:200])
             return
         if self.train:
@@ -92,68 +85,46 @@ class CachedLoader:
         self._labels.append(label)
         self._ids.append(gid)
 
-    # ---- the contract -----------------------------------------------------------------------------
-    def __len__(self) -> int:
-        if self.train:
-            return self._train_len
-        return math.ceil(len(self._ids) / self.cfg.batch_size)
+    # ---- raw batches: random access, nothing is replayed --------------------------------------------
+    def _eval_len(self) -> int:
+        return math.ceil(len(self._ids) / self.batch_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def _raw_train(self, k: int) -> Iterator[RawBatch]:
+        return (self._train_batch(i) for i in range(k, len(self)))
 
-    def skipped(self) -> dict:
-        return self._skips.as_dict()
+    def _raw_eval(self, k: int) -> Iterator[RawBatch]:
+        return (self._eval_batch(i) for i in range(k, len(self)))
 
-    def __iter__(self) -> Iterator[dict]:
-        return self.iter_from(0)
-
-    def iter_from(self, k: int) -> Iterator[dict]:
-        """The current epoch's batches from batch ``k`` on (random access: nothing is replayed)."""
-        if not 0 <= k <= len(self):
-            raise ValueError(f"iter_from({k}): this loader has {len(self)} batches per epoch")
-        return (self.batch(i) for i in range(k, len(self)))
-
-    def batch(self, k: int) -> dict:
-        """Batch ``k`` of the current epoch on this rank."""
-        return self._train_batch(k) if self.train else self._eval_batch(k)
-
-    def _train_batch(self, k: int) -> dict:
-        cfg, b, r = self.cfg, self.cfg.batch_size, self.cfg.repeated_aug
+    def _train_batch(self, k: int) -> RawBatch:
+        cfg, b, r = self.cfg, self.batch_size, self.cfg.repeated_aug
         n = len(self._frames)
         if n == 0:
             raise ValueError("no decodable training video on this rank: see loader.skipped()")
         order = np.random.default_rng([self.seed, self.epoch, self.rank, 0x5C]).permutation(n)
         aug = ClipTrainAugment(self.recipe, cfg.img_size)
-        fmap = cfg.flip_label_map or {}
         out = np.empty((b, r, cfg.num_frames, cfg.img_size, cfg.img_size, 3), np.uint8)
-        labels = []
+        labels, flips = [], np.zeros((b, r), bool)
         for j in range(b):
-            i = int(order[(k * b + j) % n])  # a rank with skipped videos wraps round to keep batches full
+            if k * b + j >= n:  # a rank with skipped videos wraps round to keep batches full: say so
+                self._skips.repeat()
+            i = int(order[(k * b + j) % n])
             rng = np.random.default_rng([self.seed, self.epoch, self.rank, k, j])  # this clip's draws
             frames = self._frames[i]
             idx = sampling.clip_indices(cfg.sampling, len(frames), cfg.num_frames, cfg.sampling_rate, True,
                                         1, rng.random(cfg.num_frames))  # fmt: skip
             clip, shared = frames[idx], None
             for v in range(r):
-                _, flipped, _ = aug(clip, rng, out=out[j, v], flip=shared)
+                _, flips[j, v], _ = aug(clip, rng, out=out[j, v], flip=shared)
                 if not self.recipe.flip_per_view:
-                    shared = flipped
-                labels.append(fmap.get(self._labels[i], self._labels[i]) if flipped else self._labels[i])
-        video = normalize(torch.from_numpy(out).flatten(0, 1), cfg.mean, cfg.std)  # (B * R, 3, T, S, S)
-        erase_clips_(video, self.recipe, seed=batch_seed(self.seed, self.epoch, self.rank, k))
-        return {"video": video.to(self.device), "label": torch.tensor(labels, device=self.device)}
+                    shared = flips[j, v]
+            labels.append(self._labels[i])
+        return RawBatch(torch.from_numpy(out), torch.tensor(labels), torch.from_numpy(flips))
 
-    def _eval_batch(self, k: int) -> dict:
-        b = self.cfg.batch_size
+    def _eval_batch(self, k: int) -> RawBatch:
+        b = self.batch_size
         sel = range(k * b, min((k + 1) * b, len(self._ids)))
-        views = np.stack([self._views[i] for i in sel])  # (B, V, T, S, S, 3)
-        v = views.shape[1]
-        video = normalize(torch.from_numpy(views).flatten(0, 1), self.cfg.mean, self.cfg.std)  # (B * V, ...)
-        ids = torch.tensor([self._ids[i] for i in sel], dtype=torch.int64)
-        labels = torch.tensor([self._labels[i] for i in sel], dtype=torch.int64)
-        return {
-            "video": video.to(self.device),
-            "label": labels.repeat_interleave(v).to(self.device),
-            "video_id": ids.repeat_interleave(v).to(self.device),
-            "view": torch.arange(v).repeat(len(sel)).to(self.device),
-        }
+        return RawBatch(
+            torch.from_numpy(np.stack([self._views[i] for i in sel])),  # (B, V, T, S, S, 3)
+            torch.tensor([self._labels[i] for i in sel], dtype=torch.int64),
+            video_id=torch.tensor([self._ids[i] for i in sel], dtype=torch.int64),
+        )

@@ -21,14 +21,19 @@ frame) or skipped with ``--short skip``; either way it is listed in the manifest
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from marvit.pipeline.dirlock import ConvertLock, manifest_lock
 from marvit.pipeline.encoding import (
     DEFAULT_CRF,
     DEFAULT_FASTDECODE,
@@ -47,7 +52,16 @@ from marvit.pipeline.listing import (
     flip_map,
     read_listing,
 )
-from marvit.pipeline.manifest import MANIFEST, check_split, load_manifest
+from marvit.pipeline.manifest import MANIFEST, check_split, load_manifest, writable_dir
+from marvit.pipeline.parts import (
+    PARTS_DIR,
+    finished_part,
+    parse_part,
+    part_span,
+    part_windows,
+    progress_name,
+    write_part,
+)
 from marvit.pipeline.verify import check_shard, failure_reason, verify, verify_dir
 from marvit.pipeline.video import probe, run_jobs, transcode_h264
 from marvit.pipeline.writer import (
@@ -61,7 +75,7 @@ from marvit.pipeline.writer import (
     write_manifest,
 )
 
-__all__ = ["convert", "convert_split", "verify", "verify_dir", "check_shard", "ConvertError", "Item",
+__all__ = ["convert", "convert_split", "run_conversion", "ConvertOptions", "verify", "verify_dir", "check_shard", "ConvertError", "Item",
            "Listing", "FORMATS", "ShardWriter", "process_video"]  # fmt: skip
 
 COPYABLE_PIX_FMTS = ("yuv420p", "yuvj420p")
@@ -116,79 +130,175 @@ def conversion_order(n: int, seed: int) -> list[int]:
     return [int(i) for i in np.random.default_rng(seed).permutation(n)]
 
 
-def _check_args(split: str, shard_size: int, short_side: int, min_frames: int, short: str) -> None:
-    try:
-        check_split(split)
-    except ValueError as e:
-        raise ConvertError(str(e)) from e
-    if shard_size < 1:
-        raise ConvertError(f"shard_size={shard_size}: must be >= 1")
-    if short_side < 2:
-        raise ConvertError(f"short_side={short_side}: must be >= 2")
-    if min_frames < 1:
-        raise ConvertError(f"min_frames={min_frames}: must be >= 1")
-    if short not in SHORT_POLICIES:
-        raise ConvertError(f"short={short!r}: expected one of {list(SHORT_POLICIES)}")
+@dataclass
+class ConvertOptions:
+    """What ``marvit convert`` is asked to do: one field per option (the CLI's flags carry these names), so
+    a new option is one field here and one flag in ``cli.py``."""
+
+    src: str | Path
+    out: str | Path
+    fmt: str
+    annotations: str | Path | None = None
+    labels: str | Path | None = None
+    split: str = "train"
+    short_side: int = DEFAULT_SHORT_SIDE
+    copy: bool = False
+    shard_size: int = DEFAULT_SHARD_SIZE
+    workers: int = 2
+    progress: bool = True
+    seed: int = 0
+    gop: int = DEFAULT_GOP
+    all_intra: bool = False
+    fastdecode: bool = DEFAULT_FASTDECODE
+    crf: int = DEFAULT_CRF
+    min_frames: int = DEFAULT_MIN_FRAMES
+    short: str = "keep"
+    part: str | tuple[int, int] = "0/1"  # I/N: the I-th of N parts of the split (parts.py)
+
+    def check(self) -> tuple[int, int]:
+        """Refuse values that cannot be converted (ConvertError); returns the part (I, N)."""
+        try:
+            check_split(self.split)
+        except ValueError as e:
+            raise ConvertError(str(e)) from e
+        for key, low in (("shard_size", 1), ("short_side", 2), ("min_frames", 1)):
+            if getattr(self, key) < low:
+                raise ConvertError(f"{key}={getattr(self, key)}: must be >= {low}")
+        if self.short not in SHORT_POLICIES:
+            raise ConvertError(f"short={self.short!r}: expected one of {list(SHORT_POLICIES)}")
+        self.encoding()  # its own checks (gop, crf)
+        return parse_part(self.part)
+
+    def encoding(self) -> Encoding:
+        return Encoding(gop=1 if self.all_intra else self.gop, fastdecode=self.fastdecode, crf=self.crf)
+
+    def settings(self) -> dict:
+        """What the shards' bytes depend on besides the inputs (in the fingerprint; version 3: windows)."""
+        return dict(format=self.fmt, split=self.split, short_side=self.short_side, copy=self.copy,
+                    shard_size=self.shard_size, seed=self.seed, min_frames=self.min_frames, short=self.short,
+                    **self.encoding().as_dict(), version=3)  # fmt: skip
 
 
-def convert_split(src: str | Path, out: str | Path, fmt: str, annotations: str | Path | None = None,
-                  labels: str | Path | None = None, split: str = "train",
-                  short_side: int = DEFAULT_SHORT_SIDE, copy: bool = False,
-                  shard_size: int = DEFAULT_SHARD_SIZE, workers: int = 2, progress: bool = True, *,
-                  seed: int = 0, gop: int = DEFAULT_GOP, all_intra: bool = False,
-                  fastdecode: bool = DEFAULT_FASTDECODE, crf: int = DEFAULT_CRF,
-                  min_frames: int = DEFAULT_MIN_FRAMES, short: str = "keep") -> dict:  # fmt: skip
-    """Convert one split of ``src`` into shards under ``out``; returns the split's manifest entry.
+def convert_split(*args: Any, **kwargs: Any) -> dict:
+    """Convert one split (or one part of it); ``ConvertOptions(*args, **kwargs)``. Returns the split's
+    manifest entry (a part: its partial manifest). Raises ConvertError (an InputError) for inputs that
+    cannot be converted as asked."""
+    return run_conversion(ConvertOptions(*args, **kwargs))
 
-    Raises ConvertError (an InputError) for inputs that cannot be converted as asked.
-    """
+
+def run_conversion(o: ConvertOptions) -> dict:
+    """Lists the split, takes the output's lock for this split and part, converts, records the result."""
     t0 = time.perf_counter()
-    _check_args(split, shard_size, short_side, min_frames, short)
-    enc = Encoding(gop=1 if all_intra else gop, fastdecode=fastdecode, crf=crf)
-    src, out = Path(src), Path(out)
-    ann = Path(annotations) if annotations else None
-    listing = read_listing(src, fmt, ann, Path(labels) if labels else None, split)
+    part, parts = o.check()
+    out = Path(o.out)
+    ann = Path(o.annotations) if o.annotations else None
+    listing = read_listing(Path(o.src), o.fmt, ann, Path(o.labels) if o.labels else None, o.split)
     if out.exists() and not out.is_dir():
         raise ConvertError(f"output {out}: exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
+    writable_dir(out, "out")
+    with ConvertLock(out, o.split, part, parts):
+        return _convert_locked(o, listing, part, parts, t0)
+
+
+def _convert_locked(o: ConvertOptions, listing: Listing, part: int, parts: int, t0: float) -> dict:
+    out, split = Path(o.out), o.split
     try:
         manifest = load_manifest(out)
     except ValueError as e:
         raise ConvertError(str(e)) from e
     classes, items = decide_classes(listing, manifest)
-    class_index = {n: i for i, n in enumerate(classes)}
-    order = conversion_order(len(items), seed)
-
-    settings = dict(format=fmt, split=split, short_side=short_side, copy=copy, shard_size=shard_size,
-                    seed=seed, min_frames=min_frames, short=short, **enc.as_dict(), version=2)  # fmt: skip
-    fp = fingerprint(items, order, classes, settings)
+    order = conversion_order(len(items), o.seed)
+    fp = fingerprint(items, order, classes, o.settings())
+    windows = part_windows(len(items), o.shard_size, part, parts)
+    span = part_span(len(items), o.shard_size, windows)
+    tag = f"{split}" if parts == 1 else f"{split} part {part}/{parts}"
 
     # Finished already? Then there is nothing to do but say so.
+    # (a part: its partial manifest, or the merged split when the merge has already happened)
     done = (manifest or {}).get("splits", {}).get(split)
+    done = (
+        done
+        if parts == 1 or (done and done.get("fingerprint") == fp)
+        else finished_part(out, split, part, parts, fp)
+    )
     if done and done.get("fingerprint") == fp and all(shard_ok(out, r) for r in done["shards"]):
-        (out / f".{split}.progress.json").unlink(missing_ok=True)
-        print(f"convert {split}: up to date ({done['num_samples']} samples in {len(done['shards'])} shards)")
+        (out / progress_name(split, part, parts)).unlink(missing_ok=True)
+        n = done.get("num_samples", sum(r["samples"] for r in done["shards"]))
+        print(f"convert {tag}: up to date ({n} samples in {len(done['shards'])} shards)")
         return done
 
-    # Resume from the recorded shards that are still intact; anything else of this split goes.
-    prog = Progress.resume(out, split, fp)
-    start = prog.start
+    # Resume from the recorded shards that are still intact; anything else of this part's windows goes.
+    # a part clears only its own windows (the last part also those past the end: an older, longer run's)
+    own = None if parts == 1 else range(windows.start, 10**6 if part == parts - 1 else windows.stop)
+    prog = Progress.resume(out, split, fp, span, own, progress_name(split, part, parts))
     if prog.shards:
-        print(f"convert {split}: resuming after {len(prog.shards)} complete shards ({start} of {len(items)})")
+        print(f"convert {tag}: resuming after {len(prog.shards)} complete shards (position {prog.start} of "
+              f"{span[0]}..{span[1]})")  # fmt: skip
     prog.save()
-    threads = 1 if workers > 1 else 0
-    jobs = [(p, str(items[i].path), short_side, copy, threads, enc)
-            for p, i in enumerate(order) if p >= start and items[i].path is not None]  # fmt: skip
+    counts = _write_shards(o, items, order, classes, prog, tag)
 
+    fmt_info = {"container": "mp4", "codec": "h264", "pix_fmt": "yuv420p", **o.encoding().as_dict(),
+                "short_side": o.short_side, "copy": o.copy}  # fmt: skip
+    source = {"path": str(Path(o.src).resolve()), "format": o.fmt, "annotations": str(o.annotations)
+              if o.annotations else None, "labels": str(listing.labels_file) if listing.labels_file else None,
+              "items": len(items)}  # fmt: skip
+    info = dict(format=fmt_info, source=source, order={"seed": o.seed, "sha256": order_digest(order),
+                "kind": "permutation"}, short_policy={"min_frames": o.min_frames, "policy": o.short},
+                seconds=round(time.perf_counter() - t0, 3),
+                created=datetime.now(timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
+    if counts is not None:  # counts of this run's encoder choices (a resumed run only knows its own)
+        info["copied"], info["reencoded"] = counts
+    flip = (
+        flip_map(listing, Path(o.annotations) if o.annotations else None, classes)
+        if o.fmt == "list"
+        else None
+    )
+    if parts > 1:
+        path = write_part(out, split, part, parts, prog, {**info, "classes": classes, "flip_map": flip})
+        prog.remove()
+        print(f"convert {tag}: {sum(r['samples'] for r in prog.shards)} samples in {len(prog.shards)} shards, "
+              f"{len(prog.skipped)} skipped -> {path}")  # fmt: skip
+        return json.loads(path.read_text())
+    entry = split_entry(prog, fmt_info=info["format"], source=source, order=info["order"],
+                        short=info["short_policy"], seconds=info["seconds"], created=info["created"])  # fmt: skip
+    if counts is not None:
+        entry["copied"], entry["reencoded"] = counts
+    with manifest_lock(out):
+        write_manifest(out, split, entry, classes, flip)
+    prog.remove()
+    for p in (out / PARTS_DIR).glob(f"{split}.*of*.json"):  # an earlier splitting's parts: superseded
+        p.unlink()
+    _warn_short(split, entry["short"])
+    return entry
+
+
+def _hold() -> None:
+    """Tests only: MARVIT_CONVERT_HOLD_FILE=F holds a conversion after its first shard while F exists (a
+    test that needs a conversion alive at a known point: a second writer, a killed part)."""
+    f = os.environ.get("MARVIT_CONVERT_HOLD_FILE")
+    deadline = time.time() + 600
+    while f and Path(f).exists() and time.time() < deadline:
+        time.sleep(0.05)
+
+
+def _write_shards(o: ConvertOptions, items: list[Item], order: list[int], classes: list[str], prog: Progress,
+                  tag: str) -> tuple[int, int] | None:  # fmt: skip
+    """Convert positions ``prog.start .. prog.span[1]``: window w's good samples into shard w; the progress
+    file saved after each window. Returns (copied, re-encoded) when this run did the whole part."""
+    first, end = prog.start, prog.span[1]
+    class_index = {n: i for i, n in enumerate(classes)}
+    threads = 1 if o.workers > 1 else 0
+    enc = o.encoding()
+    jobs = [(p, str(items[order[p]].path), o.short_side, o.copy, threads, enc)
+            for p in range(first, end) if items[order[p]].path is not None]  # fmt: skip
     writer: ShardWriter | None = None
-    first_pos = start
     n_copied = n_reencoded = 0
-    bar = tqdm(total=len(items), initial=start, desc=f"convert {split}", unit="video", disable=not progress,
-               file=sys.stderr)  # fmt: skip
-    pending = run_jobs(_work, jobs, workers)
+    bar = tqdm(total=end - prog.span[0], initial=first - prog.span[0], desc=f"convert {tag}", unit="video",
+               disable=not o.progress, file=sys.stderr)  # fmt: skip
+    pending = run_jobs(_work, jobs, o.workers)
     try:
         nxt = next(pending, None)
-        for p in range(start, len(items)):
+        for p in range(first, end):
             i = order[p]
             it = items[i]
             if it.path is None:
@@ -197,69 +307,61 @@ def convert_split(src: str | Path, out: str | Path, fmt: str, annotations: str |
                 assert nxt is not None and nxt[0] == p
                 res = nxt[1]
                 nxt = next(pending, None)
-            if res["ok"] and res["meta"]["frames"] < min_frames:
-                prog.short.append({"pos": p, "path": it.source, "frames": res["meta"]["frames"]})
-                if short == "skip":
-                    reason = f"short: {res['meta']['frames']} frames, fewer than min_frames={min_frames}"
-                    res = {"ok": False, "reason": reason}
+            res = _check_short(res, o, prog, p, it.source)
             if not res["ok"]:
                 prog.skipped.append({"pos": p, "path": it.source, "reason": res["reason"]})
             else:
                 if writer is None:
-                    writer, first_pos = ShardWriter(out, split, len(prog.shards)), p
-                cls = class_index[it.label]
-                meta = {"label": it.label, "class": cls, "source": it.source, **res["meta"]}
-                writer.add(sample_key(split, i, it.source), res["data"], cls, meta)
+                    writer = ShardWriter(Path(o.out), o.split, p // o.shard_size)
+                meta = {"label": it.label, "class": class_index[it.label], "source": it.source, **res["meta"]}
+                writer.add(sample_key(o.split, i, it.source), res["data"], class_index[it.label], meta)
                 n_copied += bool(res["meta"].get("copied"))
                 n_reencoded += not res["meta"].get("copied")
-                if writer.samples == shard_size:
-                    prog.shards.append({**writer.finish(), "first_pos": first_pos, "end_pos": p + 1})
+            if (p + 1) % o.shard_size == 0 or p + 1 == end:  # the window's last position
+                if writer is not None:
+                    w0 = (p // o.shard_size) * o.shard_size
+                    prog.shards.append({**writer.finish(), "first_pos": w0, "end_pos": p + 1})
                     writer = None
-                    prog.save()
+                prog.start = p + 1
+                prog.save()
+                if len(prog.shards) == 1:
+                    _hold()
             bar.update()
             bar.set_postfix(shards=len(prog.shards), skipped=len(prog.skipped), refresh=False)
-        if writer is not None:
-            prog.shards.append({**writer.finish(), "first_pos": first_pos, "end_pos": len(items)})
     finally:
         pending.close()  # on an error or interrupt: cancel queued work; a temp shard stays for the rerun
     bar.close()
-
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    fmt_info = {"container": "mp4", "codec": "h264", "pix_fmt": "yuv420p", **enc.as_dict(),
-                "short_side": short_side, "copy": copy}  # fmt: skip
-    source = {"path": str(src.resolve()), "format": fmt, "annotations": str(ann) if ann else None,
-              "labels": str(listing.labels_file) if listing.labels_file else None,
-              "items": len(items)}  # fmt: skip
-    entry = split_entry(prog, fmt_info=fmt_info, source=source,
-                        order={"seed": seed, "sha256": order_digest(order), "kind": "permutation"},
-                        short={"min_frames": min_frames, "policy": short}, seconds=time.perf_counter() - t0,
-                        created=created)  # fmt: skip
-    if start == 0:  # counts of this run's encoder choices (a resumed run only knows its own)
-        entry["copied"], entry["reencoded"] = n_copied, n_reencoded
-    flip = flip_map(listing, ann, classes) if fmt == "list" else None
-    write_manifest(out, split, entry, classes, flip)
-    prog.remove()
-    _warn_short(split, entry["short"])
-    return entry
+    return (n_copied, n_reencoded) if first == prog.span[0] else None
 
 
-def convert(src: str, out: str, fmt: str, annotations: str | None = None, labels: str | None = None,
-            split: str = "train", short_side: int = DEFAULT_SHORT_SIDE, copy: bool = False,
-            shard_size: int = DEFAULT_SHARD_SIZE,
-            workers: int = 2, seed: int = 0, gop: int = DEFAULT_GOP, all_intra: bool = False,
-            fastdecode: bool = DEFAULT_FASTDECODE, crf: int = DEFAULT_CRF,
-            min_frames: int = DEFAULT_MIN_FRAMES, short: str = "keep") -> int:  # fmt: skip
-    """``marvit convert``: convert one split and print a summary. Bad inputs raise ConvertError (an
-    InputError: the CLI prints its one line and exits 2)."""
-    e = convert_split(src, out, fmt, annotations, labels, split, short_side, copy, shard_size, workers,
-                      seed=seed, gop=gop, all_intra=all_intra, fastdecode=fastdecode, crf=crf,
-                      min_frames=min_frames, short=short)  # fmt: skip
+def _check_short(res: dict, o: ConvertOptions, prog: Progress, p: int, source: str) -> dict:
+    """Record a clip shorter than ``min_frames``; with ``short=skip`` it becomes a skip."""
+    if res["ok"] and res["meta"]["frames"] < o.min_frames:
+        prog.short.append({"pos": p, "path": source, "frames": res["meta"]["frames"]})
+        if o.short == "skip":
+            return {
+                "ok": False,
+                "reason": f"short: {res['meta']['frames']} frames, fewer than min_frames={o.min_frames}",
+            }
+    return res
+
+
+def convert(**kwargs: Any) -> int:
+    """``marvit convert``: convert one split (or part) and print a summary; ``kwargs`` are
+    :class:`ConvertOptions` fields. Bad inputs raise ConvertError (an InputError: the CLI prints its one
+    line and exits 2)."""
+    o = ConvertOptions(**kwargs)
+    e = run_conversion(o)
+    if "num_samples" not in e:  # a part: its summary is printed; `marvit manifest merge` writes the manifest
+        part, parts = parse_part(o.part)
+        print(f"  when all {parts} parts have finished: marvit manifest merge {o.out} --split {o.split}")
+        return 0
     print(
-        f"convert {split}: {e['num_samples']} samples in {len(e['shards'])} shards, "
+        f"convert {o.split}: {e['num_samples']} samples in {len(e['shards'])} shards, "
         f"{len(e['skipped'])} skipped, {sum(s['bytes'] for s in e['shards']) / 1e6:.1f} MB, "
-        f"{e['seconds']:.1f} s -> {Path(out) / MANIFEST}"
+        f"{e['seconds']:.1f} s -> {Path(o.out) / MANIFEST}"
     )
-    if "copied" in e and copy:
+    if "copied" in e and o.copy:
         print(
             f"  --copy: {e['copied']} kept as they were, {e['reencoded']} re-encoded (not H.264 yuv420p mp4)"
         )

@@ -1,7 +1,7 @@
-"""The DALI loader: shards -> decoded, sampled, augmented clips in one DALI graph -> normalized batches.
+"""The DALI loader: shards -> decoded, sampled, augmented uint8 clips in DALI graphs -> the loader core.
 
-Graph (one ``@pipeline_def``): ``fn.readers.webdataset`` (named "reader", sharded by rank with
-``shard_id``/``num_shards``, shuffled in training, padded last batch and ``stick_to_shard`` in evaluation,
+Graph (one ``@pipeline_def``): ``fn.readers.webdataset`` (named "reader", sharded by rank and pipeline with
+``shard_id``/``num_shards``, reading files rather than mapping them, shuffled in training, padded last batch and ``stick_to_shard`` in evaluation,
 samples that lack a member skipped) -> a small Python operator that reads ``KEY.json``/``KEY.cls`` and turns
 the frame count plus DALI-drawn uniforms into frame indices with :mod:`marvit.pipeline.sampling` (the same
 functions the PyAV loader uses) -> ``fn.decoders.video(frames=...)`` ("mixed" on a GPU, "cpu" otherwise),
@@ -12,16 +12,21 @@ training: :func:`train_views`, the recipe of :class:`marvit.pipeline.augment.Aug
 box per clip, ``fn.flip`` with one coin per view); test: short-side resize, then ``test_crops`` crops along
 the long side of ``test_clips`` windows decoded in one call.
 
-The graph hands over uint8 FHWC. Normalization to float ``(B, 3, T, H, W)`` and random erasing run on the
-device batch with the PyAV loader's code (:func:`marvit.pipeline.augment.normalize`, ``erase_clips_``): on
+The graph hands over uint8 FHWC, the labels and the flip coins. Normalization to float ``(B, 3, T, H, W)``,
+the flip-label remap and random erasing run on the device batch in the loader core
+(:mod:`marvit.pipeline.core`, shared with every backend): on
 a GPU that is free and moves 4x fewer bytes out of DALI, on a CPU numpy normalizes faster than
 ``crop_mirror_normalize``, and DALI's ``fn.erase`` fills constants only, not timm's per-pixel noise.
 
-Decode work: the decoder stops after the last index, but DALI 2.1's CPU decoder does not seek forward
-(measured: frames 80-95 of a 96-frame GOP-16 clip cost as much as all 96; ``start_frame`` and
-``build_index`` change nothing), so a clip decodes from frame 0; the PyAV loader seeks to the keyframe
-before its first frame. Trimming the mp4 to the needed GOPs in the Python operator (a PyAV remux, about
-8 ms per clip here) is the way left to try; NVDEC ("mixed") is not measured here.
+Decode work, and why ``data.backend=auto`` is PyAV on a CPU (the one place this measurement is stated):
+the decoder stops after the last index, but DALI 2.1's CPU decoder does not seek forward (frames 80-95 of
+a 96-frame GOP-16 clip cost 132 ms, frames 0-15 41 ms; ``start_frame`` and ``build_index`` change
+nothing), so a clip decodes from frame 0, while the PyAV loader seeks to the keyframe before its first
+frame. ``marvit bench pipeline --shards DIR --backend {pyav,dali} --clips 64`` (16x224 training clips,
+batch 4, 2 workers, 24 clips of 96 frames at 320x240) gave PyAV 58.7 and DALI's CPU graph 40.8 clips/s on
+a quiet 2-core CPU, 8.2-8.7 and 6.4 on the same CPU shared with other jobs. Trimming the mp4 to the needed
+GOPs in the Python operator (a PyAV remux, about 8 ms per clip here) is the way left to try; NVDEC
+("mixed") is measured by ``marvit doctor`` on a GPU (:mod:`marvit.bench.datapath`).
 
 Why a Python operator for the frame count: the sampler needs it before decoding and no DALI operator
 reports a video's length without decoding it; ``marvit convert`` writes it to ``KEY.json``. Parsing a tiny
@@ -31,16 +36,26 @@ Class mixing: every training pass builds the graph over the shards in an order p
 the same on every rank, so each rank reads a different contiguous part of a different order every epoch;
 the reader samples from a shuffle buffer of ``SHUFFLE_BUFFER`` samples (``initial_fill``).
 
-Epochs: ``len(loader)`` = ``(num_samples // world_size) // batch_size`` training batches on every rank, so
-DDP ranks step together. ``iter_from(k)`` builds the pass afresh and runs (replays) its first ``k`` batches:
-DALI's reader has no random access. In evaluation DALI pads every rank's shard to ``ceil(N / world_size)``
-samples and the last batch to full size; the loader returns only real samples: each sample exactly once per
-epoch over all ranks.
+Several pipelines per rank (``data.dali_pipelines`` P): pipeline p of rank r reads reader shard ``r * P + p``
+of ``world_size * P`` and batches come from them in turn, so while one is consumed the others decode
+ahead (one pipeline drives one of a GPU's video decoder engines: NVIDIA/DALI issue 6387). Each sample is
+read by one pipeline of one rank, once per epoch.
+
+Epochs: ``len(loader)`` = :func:`marvit.pipeline.core.epoch_batches` training batches on every rank (each
+pipeline gives full batches of its own samples only; with one pipeline ``(num_samples // world_size) //
+batch_size``), so DDP ranks step together. ``iter_from(k)`` builds the pass afresh and runs (replays) its
+first ``k`` batches: DALI's reader has no random access. In evaluation DALI pads every reader shard to the
+largest and the last batch to full size; the loader returns only real samples: each sample exactly once
+per epoch over all ranks.
 
 Bad samples: a sample without its ``.mp4``/``.cls``/``.json`` is skipped by the reader and counted from the
 shard indexes (``loader.skipped()``); a video that fails to decode cannot be skipped inside a DALI graph (a
 decoder error stops the whole batch), so the loader raises :class:`marvit.errors.InputError` naming the shard
-and the sample and pointing to ``marvit verify`` and ``data.backend=pyav``, which skips and counts it.
+and the sample (from DALI's message, or else the samples the graph was reading) and pointing to ``marvit
+verify`` and ``data.backend=pyav``, which skips and counts it. Likewise a sample whose ``.cls`` and ``.json``
+name different classes is refused by name, and a shard whose size or modification time changed since the
+loader started is refused by name before the next pass: shards are read, not memory-mapped
+(``dont_use_mmap``), so a shard cut short under a running pass is an error, not a SIGBUS.
 """
 
 from __future__ import annotations
@@ -48,6 +63,8 @@ from __future__ import annotations
 import functools
 import re
 import warnings
+from collections import deque
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -55,17 +72,12 @@ import torch
 from marvit.config import DataConfig
 from marvit.errors import InputError
 from marvit.pipeline import sampling
-from marvit.pipeline.augment import (
-    ENHANCE_OPS,
-    AugmentRecipe,
-    erase_clips_,
-    normalize,
-    op_argument,
-)
-from marvit.pipeline.shards import ShardSet, SkipLog, batch_seed, epoch_order, parse_meta
+from marvit.pipeline.augment import ENHANCE_OPS, AugmentRecipe, op_argument
+from marvit.pipeline.core import MEMBERS, RawBatch, ShardLoader, shard_bounds, shard_changed, shard_stats
+from marvit.pipeline.shards import epoch_order, parse_meta
 
-SHUFFLE_BUFFER = 1024  # the reader's shuffle buffer per rank, in samples (DALI's default initial_fill)
-MEMBERS = ("mp4", "cls", "json")
+SHUFFLE_BUFFER = 1024  # the reader's shuffle buffer per pipeline, in samples (DALI's default initial_fill)
+RECENT = 64  # sources the per-sample operator remembers, to name the shard of a decoder error
 
 
 class _Meta:
@@ -76,9 +88,11 @@ class _Meta:
                  clips: int) -> None:  # fmt: skip
         self.ids, self.style, self.num_frames, self.rate = ids, style, num_frames, rate
         self.train, self.clips = train, clips
+        self.recent: deque[str] = deque(maxlen=RECENT)  # the last samples seen, newest last
 
     def __call__(self, js, cls, src, u):
         source = bytes(np.asarray(src)).decode("utf-8", "replace")  # "shard.tar:offset:key.mp4"
+        self.recent.append(source)
         tar, _, member = source.rsplit(":", 2)
         key = member.rsplit(".", 1)[0]
         n, label = parse_meta(np.asarray(js).tobytes(), np.asarray(cls).tobytes(), f"{tar} sample {key!r}")
@@ -185,7 +199,7 @@ def train_views(video, recipe: AugmentRecipe, size: int, views: int):
 
 
 def _pipeline(urls: list[str], index_paths: list[str], meta: _Meta, cfg: DataConfig, recipe: AugmentRecipe,
-              *, train: bool, rank: int, world_size: int, decoder: str, batch_size: int, num_threads: int,
+              *, train: bool, shard_id: int, num_shards: int, decoder: str, batch_size: int, num_threads: int,
               seed: int, device_id: int | None):  # fmt: skip
     from nvidia.dali import fn, pipeline_def, types
 
@@ -195,8 +209,9 @@ def _pipeline(urls: list[str], index_paths: list[str], meta: _Meta, cfg: DataCon
     def clips():
         mp4, cls, js = fn.readers.webdataset(
             paths=urls, index_paths=index_paths, ext=list(MEMBERS), missing_component_behavior="skip",
-            shard_id=rank, num_shards=world_size, random_shuffle=train, initial_fill=SHUFFLE_BUFFER,
+            shard_id=shard_id, num_shards=num_shards, random_shuffle=train, initial_fill=SHUFFLE_BUFFER,
             pad_last_batch=not train, stick_to_shard=not train, name="reader",
+            dont_use_mmap=True,  # a shard truncated under a mapped read is a SIGBUS; a plain read an error
         )  # fmt: skip
         src = fn.get_property(mp4, key="source_info")
         if train:
@@ -230,161 +245,167 @@ def _pipeline(urls: list[str], index_paths: list[str], meta: _Meta, cfg: DataCon
     return pipe
 
 
-def _shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """The samples DALI's reader gives shard ``rank`` of ``world_size`` (floor(n * i / shards) bounds)."""
-    return n * rank // world_size, n * (rank + 1) // world_size
-
-
 _SOURCE = re.compile(r"(\S+\.tar):(\d+):(\S+?)\.mp4")
 
 
-class DaliLoader:
-    """Iterable of batches from the DALI graph; the loader contract of :func:`marvit.pipeline.build_loader`."""
+class DaliLoader(ShardLoader):
+    """Batches from ``data.dali_pipelines`` DALI graphs per rank, round-robin, through the loader core
+    (:func:`marvit.pipeline.build_loader`).
 
-    def __init__(self, shards: ShardSet, cfg: DataConfig, *, train: bool, rank: int = 0, world_size: int = 1,
-                 device: torch.device | str = "cpu", seed: int = 0, epoch: int = 0) -> None:  # fmt: skip
-        self.shards, self.cfg, self.train, self.rank, self.world_size = shards, cfg, train, rank, world_size
-        self.recipe = AugmentRecipe.from_config(cfg)
-        self.device = torch.device(device)
-        self.seed, self.epoch = seed, epoch
-        self.batch_size = cfg.batch_size
-        self._skips = SkipLog()
+    Pipeline ``p`` of rank ``r`` reads reader shard ``r * P + p`` of ``world_size * P`` (DALI's
+    ``shard_id``/``num_shards``): the pipelines of a rank split its share, so each sample is read by one
+    pipeline of one rank, once per epoch. Batch ``j`` comes from the next pipeline in turn that still has
+    a full batch of its own samples (:meth:`_schedule`); while one is consumed the others prefetch, which is
+    what lets several of them keep a GPU's video decoders busy."""
+
+    def _open(self) -> None:
+        shards, cfg, rank, world_size, train = self.shards, self.cfg, self.rank, self.world_size, self.train
+        self.parts = cfg.dali_pipelines
         # samples that lack a member: the reader skips them, the index files say which and where
         self._incomplete = shards.incomplete_samples(MEMBERS)
         # the reader counts only complete samples (epoch size, shard ranges)
         self.num_samples = shards.num_samples - len(self._incomplete)
-        lo, hi = _shard_range(self.num_samples, rank, world_size)
-        self.rank_samples = hi - lo
+        # this rank's samples in each of its pipelines
+        self.part_samples = [
+            hi - lo for lo, hi in (shard_bounds(self.num_samples, rank * self.parts + p, world_size * self.parts)
+                                   for p in range(self.parts))
+        ]  # fmt: skip
+        self.rank_samples = sum(self.part_samples)
         self._meta = _Meta(shards.key_ids(), cfg.sampling, cfg.num_frames, cfg.sampling_rate, train,
                            1 if train else cfg.test_clips)  # fmt: skip
-        self.pipe = None
+        self._stats = shard_stats(shards.urls)  # a shard that changes after this is refused by name
+        self.pipes: list = []
 
-    def __len__(self) -> int:
-        if self.train:
-            return (self.num_samples // self.world_size) // self.batch_size
-        return -(-self.rank_samples // self.batch_size)
+    def _eval_len(self) -> int:
+        return sum(-(-n // self.batch_size) for n in self.part_samples)
 
-    def set_epoch(self, epoch: int) -> None:
-        """The next pass reads the shards in the order of ``epoch`` with its seeds."""
-        self.epoch = epoch
-
-    def skipped(self) -> dict:
-        return self._skips.as_dict()
+    def _schedule(self, quota: list[int]) -> list[int]:
+        """The pipeline of each batch: round-robin over those with batches left (``quota[p]`` each)."""
+        left, order = list(quota), []
+        while any(left):
+            for p in range(self.parts):
+                if left[p]:
+                    order.append(p)
+                    left[p] -= 1
+        return order
 
     def _build(self) -> None:
-        """A fresh graph for one pass of the current epoch: shard order and seeds from (seed, epoch)."""
-        self.pipe = None  # free the previous graph's threads and buffers first
+        """Fresh graphs for one pass of the current epoch: shard order and seeds from (seed, epoch)."""
+        self.pipes = []  # free the previous graphs' threads and buffers first
+        for url, stat in self._stats.items():
+            if shard_changed(url, stat):
+                raise InputError(
+                    f"shard {url} changed on disk since the loader started (size or modification time): "
+                    "a DALI graph cannot skip its samples; restore it, or rerun `marvit convert`"
+                )
         order = epoch_order(len(self.shards.urls), self.seed, self.epoch) if self.train else None
         urls = self.shards.urls if order is None else [self.shards.urls[i] for i in order]
         idx = self.shards.index_paths if order is None else [self.shards.index_paths[i] for i in order]
         on_gpu = self.device.type == "cuda"
-        self.pipe = _pipeline(
-            urls, idx, self._meta, self.cfg, self.recipe, train=self.train, rank=self.rank,
-            world_size=self.world_size, decoder="mixed" if on_gpu else "cpu", batch_size=self.batch_size,
-            num_threads=max(1, self.cfg.num_workers), seed=(self.seed * 1009 + self.epoch) * 8191 + self.rank,
-            device_id=(self.device.index or 0) if on_gpu else None,
-        )  # fmt: skip
-        meta = self.pipe.reader_meta("reader")
-        per_shard = -(-meta["epoch_size_padded"] // meta["number_of_shards"])
-        self._eval_steps = -(-per_shard // self.batch_size)
+        for p in range(self.parts):
+            self.pipes.append(_pipeline(
+                urls, idx, self._meta, self.cfg, self.recipe, train=self.train, shard_id=self.rank * self.parts + p,
+                num_shards=self.world_size * self.parts, decoder="mixed" if on_gpu else "cpu",
+                batch_size=self.batch_size, num_threads=max(1, self.cfg.num_workers // self.parts),
+                seed=((self.seed * 1009 + self.epoch) * 8191 + self.rank) * 131 + p,
+                device_id=(self.device.index or 0) if on_gpu else None,
+            ))  # fmt: skip
         # the incomplete samples, counted once per pass over all ranks (the reader never shows them): rank r
         # takes every world_size-th
         for where in self._incomplete[self.rank :: self.world_size]:
             self._skips.add("missing member", where)
 
     def _to_torch(self, tl, transient: bool = False) -> torch.Tensor:
-        """A DALI batch as a torch tensor on the loader's device. ``transient`` (CPU only): a zero-copy view
-        of DALI's buffer, valid until the next ``pipe.run()``; used for the video, which is normalized into
-        a fresh tensor right away."""
+        """A DALI batch as a torch tensor on the loader's device (a graph's CPU outputs, such as the labels
+        of a "mixed" graph, are copied over). ``transient`` (CPU only): a zero-copy view of DALI's buffer,
+        valid until the next ``pipe.run()``; used for the video, which the core normalizes into a fresh
+        tensor right away."""
+        from nvidia.dali.backend import TensorGPU
         from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
 
         t = tl.as_tensor()
-        if self.device.type == "cpu":
+        if not isinstance(t, TensorGPU):  # CPU outputs (labels, flip coins, ids; everything on a CPU)
             a = np.asarray(t)
-            return torch.from_numpy(a if transient else a.copy())
+            host = torch.from_numpy(a if transient and self.device.type == "cpu" else a.copy())
+            return host.to(self.device, non_blocking=True)  # a small host-to-device copy: no device sync
         out = torch.empty(t.shape(), dtype=to_torch_type[t.dtype], device=self.device)
         feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream(self.device))
         return out
 
-    def _run(self):
+    def _run(self, p: int):
         try:
-            return self.pipe.run()
+            return self.pipes[p].run()
         except RuntimeError as e:
-            self.pipe = None  # a failed graph cannot go on; the next pass builds a new one
-            msg = str(e)
-            m = _SOURCE.search(msg)
-            named = [u for u in self.shards.urls if u in msg]
-            if m is None and not named:
-                raise
-            where = f"shard {m.group(1)}, sample {m.group(3)!r} (offset {m.group(2)})" if m else named[0]
-            first = next((ln for ln in msg.splitlines() if ln.strip()), msg)[:300]
-            raise InputError(
-                f"the DALI loader failed on {where}: {first}. A DALI graph cannot skip a video that does not "
-                "decode: check the shards with `marvit verify ROOT`, or use data.backend=pyav, which skips and "
-                f"counts such videos.\nDALI's message:\n{msg}"
-            ) from e
+            self.pipes = []  # a failed graph cannot go on; the next pass builds new ones
+            raise _named_error(e, self.shards.urls, self._meta.recent) from e
 
-    def __iter__(self):
-        return self.iter_from(0)
-
-    def iter_from(self, k: int):
-        """The current epoch's batches from batch ``k`` on (a fresh pass that replays its first ``k``)."""
-        if not 0 <= k <= len(self):
-            raise ValueError(f"iter_from({k}): this loader has {len(self)} batches per epoch")
-        return self._train(k) if self.train else self._eval(k)
-
-    def _train(self, k: int):
+    def _raw_train(self, k: int) -> Iterator[RawBatch]:
+        """A fresh pass that replays its first ``k`` batches (DALI's reader has no random access)."""
         self._build()
-        for _ in range(k):
-            self._run()
-        flip_map = self.cfg.flip_label_map
-        for step in range(k, len(self)):
-            outs = self._run()
-            video, label = self._to_torch(outs[0], transient=True), self._to_torch(outs[1])
-            r = video.shape[1]
-            # (B, R, T, S, S, 3) uint8 -> (B * R, 3, T, S, S) float
-            video = normalize(video.flatten(0, 1), self.cfg.mean, self.cfg.std)
-            label = label.repeat_interleave(r)
-            if flip_map:
-                flipped = self._to_torch(outs[2]).reshape(-1).bool()
-                mapped = torch.tensor(
-                    [flip_map.get(int(x), int(x)) for x in label.tolist()], device=label.device
-                )
-                label = torch.where(flipped.to(label.device), mapped, label)
-            erase_clips_(video, self.recipe, seed=batch_seed(self.seed, self.epoch, self.rank, step))
-            yield {"video": video, "label": label}
-        self.pipe = None
+        plan = self._schedule([n // self.batch_size for n in self.part_samples])[: len(self)]
+        for p in plan[:k]:
+            self._run(p)
+        for p in plan[k:]:
+            outs = self._run(p)
+            video = self._to_torch(outs[0], transient=True)  # (B, R, T, S, S, 3) uint8
+            yield RawBatch(video, self._to_torch(outs[1]), self._to_torch(outs[2]).bool())
+        self.pipes = []
 
-    def _eval(self, k: int):
-        # DALI pads every rank's shard to the largest one (ceil(N / world_size) samples, the padding after
-        # the real ones) and the last batch to full size; hand over only real samples.
+    def _raw_eval(self, k: int) -> Iterator[RawBatch]:
+        # DALI pads every reader shard to the largest one (the padding after the real samples) and the last
+        # batch to full size; hand over only real samples.
         self._build()
-        left = self.rank_samples
-        for step in range(self._eval_steps):
-            outs = self._run()
-            keep = min(left, self.batch_size)
-            left -= keep
-            if keep and step >= k:
-                video = self._to_torch(outs[0], transient=True)
-                label, vid = self._to_torch(outs[1]), self._to_torch(outs[2])
-                yield _test_views(video[:keep], label[:keep], vid[:keep], self.cfg, self.device)
-        self.pipe = None
+        steps = []
+        for pipe in self.pipes:
+            meta = pipe.reader_meta("reader")
+            per_shard = -(-meta["epoch_size_padded"] // meta["number_of_shards"])
+            steps.append(-(-per_shard // self.batch_size))
+        left = list(self.part_samples)
+        j = 0
+        for p in self._schedule(steps):
+            outs = self._run(p)
+            keep = min(left[p], self.batch_size)
+            left[p] -= keep
+            if keep:
+                if j >= k:
+                    video = self._to_torch(outs[0], transient=True)[:keep]
+                    label, vid = self._to_torch(outs[1])[:keep], self._to_torch(outs[2])[:keep]
+                    yield _test_views(video, label, vid, self.cfg)
+                j += 1
+        self.pipes = []
 
 
-def _test_views(video: torch.Tensor, label: torch.Tensor, vid: torch.Tensor, cfg: DataConfig,
-                device: torch.device) -> dict[str, torch.Tensor]:  # fmt: skip
-    """uint8 (B, crops, clips*T, S, S, 3) -> float views (B * clips * crops, 3, T, S, S);
-    view = clip * crops + crop."""
+def _named_error(e: RuntimeError, urls: list[str], recent) -> Exception:
+    """DALI's error as an InputError naming the shard (and sample): from its message where it names one, else
+    the samples the graph was reading when it failed (the per-sample operator records them)."""
+    msg = str(e)
+    m = _SOURCE.search(msg)
+    named = [u for u in urls if u in msg]
+    first = next((ln for ln in msg.splitlines() if ln.strip()), msg)[:300]
+    if m is not None:
+        where = f"shard {m.group(1)}, sample {m.group(3)!r} (offset {m.group(2)})"
+    elif named:
+        where = named[0]
+    elif recent:
+        shards = sorted({src.split(":")[0] for src in recent})
+        keys = [src.rsplit(":", 1)[-1].rsplit(".", 1)[0] for src in recent]
+        where = f"shard {', '.join(shards)} (one of the samples {', '.join(keys)})"
+    else:
+        return e
+    return InputError(
+        f"the DALI loader failed on {where}: {first}. A DALI graph cannot skip a video that does not "
+        "decode: check the shards with `marvit verify ROOT`, or use data.backend=pyav, which skips and "
+        f"counts such videos.\nDALI's message:\n{msg}"
+    )
+
+
+def _test_views(video: torch.Tensor, label: torch.Tensor, vid: torch.Tensor, cfg: DataConfig) -> RawBatch:
+    """uint8 (B, crops, clips*T, S, S, 3) -> the core's (B, clips * crops, T, S, S, 3); view = clip * crops
+    + crop."""
     b, crops, kt, h, w, c = video.shape
     clips = cfg.test_clips
     video = video.view(b, crops, clips, kt // clips, h, w, c).transpose(1, 2)  # (B, clips, crops, T, S, S, 3)
-    v = clips * crops
-    return {
-        "video": normalize(video.reshape(b * v, kt // clips, h, w, c), cfg.mean, cfg.std),
-        "label": label.to(device).repeat_interleave(v),
-        "video_id": vid.to(device).repeat_interleave(v),
-        "view": torch.arange(v, device=device).repeat(b),
-    }
+    return RawBatch(video.reshape(b, clips * crops, kt // clips, h, w, c), label, video_id=vid)
 
 
 @functools.cache

@@ -34,6 +34,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from marvit.pipeline.remote import file_url, is_remote, read_url, redact
+
 MANIFEST = "manifest.json"
 SPLIT_RE = re.compile(r"^[A-Za-z0-9_]{1,32}$")  # no '-' or '.': shard names and keys stay parseable
 
@@ -51,7 +53,12 @@ def index_path(tar_path: str | Path) -> Path:
 def read_index(path: str | Path) -> list[list[tuple[str, int, int, str | None]]]:
     """A DALI webdataset index (``v1.2 N``, then per sample ``ext offset size name`` for each member; v1.1
     has no names): per sample, (extension, data offset, size, member name or None) of each member."""
-    lines = Path(path).read_text().splitlines()
+    return parse_index(Path(path).read_text(), str(path))
+
+
+def parse_index(text: str, path: str) -> list[list[tuple[str, int, int, str | None]]]:
+    """:func:`read_index` of an index's text (``path`` names it in errors)."""
+    lines = text.splitlines()
     head = lines[0].split() if lines else []
     if len(head) != 2 or not head[0].startswith("v") or not head[1].isdigit():
         raise ValueError(f"{path}: not a DALI webdataset index (first line {lines[:1]}, expected 'v1.2 N')")
@@ -69,8 +76,9 @@ def read_index(path: str | Path) -> list[list[tuple[str, int, int, str | None]]]
 
 
 def split_files_re(split: str) -> re.Pattern[str]:
-    """Every file a conversion of ``split`` may leave: shards, indexes and their temporary versions."""
-    return re.compile(rf"^{re.escape(split)}-\d{{6}}\.(tar|idx)(\.tmp)?$")
+    """Every file a conversion of ``split`` may leave: shards, indexes and their temporary versions
+    (``NAME.PID-TOKEN.tmp``, unique per process). Group 1 is the shard number."""
+    return re.compile(rf"^{re.escape(split)}-(\d{{6}})\.(?:tar|idx)(?:(?:\.[0-9a-f-]+)?\.tmp)?$")
 
 
 def check_split(split: str) -> None:
@@ -120,11 +128,26 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def load_manifest(out: str | Path) -> dict | None:
     """The manifest of ``out`` or None when there is none; a malformed one raises ValueError."""
+    if isinstance(out, str) and is_remote(out):  # a URL root (see remote.py): read it from the storage
+        return _load_remote_manifest(out)
     path = Path(out) / MANIFEST
     if not path.exists():
         return None
+    return _parse_manifest(path.read_bytes(), str(path))
+
+
+def _load_remote_manifest(root: str) -> dict | None:
+    url = file_url(root, MANIFEST)
     try:
-        m = json.loads(path.read_text())
+        data = read_url(url)
+    except OSError as e:  # not there, not readable, no credentials: the storage tool's reason, redacted
+        raise ValueError(f"{redact(url)}: cannot be read ({e})") from None
+    return _parse_manifest(data, redact(url))
+
+
+def _parse_manifest(data: bytes, path: str) -> dict:
+    try:
+        m = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
     if (

@@ -21,14 +21,21 @@ its worker's stream, so ``iter_from(k)`` skips the first ``k`` batches without d
 batches an uninterrupted pass would have (exactly, unless a video before the resume point fails to decode).
 
 Bad samples are skipped and counted (``loader.skipped()``, warned once per reason): a sample that lacks its
-``.mp4``, ``.cls`` or ``.json`` member, a video that does not decode. A ``.json``/``.cls`` that is there but
-malformed is a broken shard and raises :class:`marvit.errors.InputError` naming it.
+``.mp4``, ``.cls`` or ``.json`` member, a video that does not decode (FFmpeg's error detection is strict,
+:data:`ERR_DETECT`: a corrupt payload is an error, not concealed garbage), a ``.cls`` that names another
+class than its ``.json``, and every sample of a shard that changed (size, modification time) since the
+loader started or cannot be read to its end. A sample lost this way is counted once per epoch; when a worker
+runs out of samples it starts another pass over its shards and each sample it serves twice is counted too
+(``skipped()["repeated"]``). A ``.json``/``.cls`` that is there but malformed is a broken shard and raises
+:class:`marvit.errors.InputError` naming it. Workers hand over uint8 clips, labels and flip flags;
+normalization, the flip-label remap and random erasing run in the loader core (:mod:`.core`).
 """
 
 from __future__ import annotations
 
 import io
 import itertools
+import tarfile
 from collections.abc import Iterator
 
 import av
@@ -40,12 +47,21 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from marvit.config import DataConfig
 from marvit.pipeline import sampling
-from marvit.pipeline.augment import AugmentRecipe, ClipTrainAugment, clip_test_views, erase_clips_, normalize
-from marvit.pipeline.shards import ShardSet, SkipLog, batch_seed, epoch_order, parse_meta
+from marvit.pipeline.augment import AugmentRecipe, ClipTrainAugment, clip_test_views
+from marvit.pipeline.core import MEMBERS, RawBatch, ShardLoader, shard_changed, shard_stats
+from marvit.pipeline.remote import shard_samples
+from marvit.pipeline.shards import CorruptSample, ShardSet, epoch_order, parse_meta
 
 SHUFFLE_BUFFER = 256  # samples (encoded) per worker
 OPEN_SHARDS = 4  # shards a training worker reads at once
-MEMBERS = ("mp4", "cls", "json")
+# what a video that does not decode raises (PyAV, and decode_clip's own checks)
+DECODE_ERRORS = (av.error.FFmpegError, ValueError, IndexError, OSError)
+# FFmpeg's error detection for decoding: stop at the first bitstream error instead of concealing it. Random
+# bytes over 8 bytes of the coded frames of 40 small clips: 18 decoded silently to other pixels with FFmpeg's
+# default, all 18 raise with this (15 of 18 with "explode" alone); clean x264 streams decode as before.
+ERR_DETECT = "careful+compliant+aggressive+explode"
+# where a shard cannot be read to its end (truncated, replaced or gone under a running loader)
+SHARD_ERRORS = (OSError, tarfile.TarError, ValueError, EOFError)
 
 
 def decode_clip(data: bytes, indices: np.ndarray) -> np.ndarray:
@@ -71,6 +87,8 @@ def _decode(data: bytes, indices: np.ndarray, seek: bool) -> np.ndarray | None:
         if not c.streams.video:
             raise ValueError("no video stream")
         s = c.streams.video[0]
+        # a corrupt payload is an error, not concealed garbage frames (random bytes in an H.264 stream)
+        s.codec_context.options = {"err_detect": ERR_DETECT}
         rate, tb, start = s.average_rate, s.time_base, s.start_time or 0
         i: int | None = 0
         if seek and first > 0:
@@ -115,8 +133,9 @@ class _ClipStream(IterableDataset):
     """Per worker: its shards -> samples -> decoded, sampled, augmented clips -> batches (uint8)."""
 
     def __init__(self, shards: ShardSet, cfg: DataConfig, train: bool, rank: int, world_size: int, seed: int,
-                 epoch: int, start: int = 0) -> None:  # fmt: skip
+                 epoch: int, start: int = 0, stats: dict | None = None) -> None:  # fmt: skip
         self.shards, self.cfg, self.train = shards, cfg, train
+        self.stats = stats or {}  # shard -> (size, mtime) when the loader started: a change is a loss
         self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, epoch
         self.start = start  # training: the batch to start from (resume)
         self.recipe = AugmentRecipe.from_config(cfg)
@@ -130,10 +149,7 @@ class _ClipStream(IterableDataset):
         """Samples of ``urls``: ``OPEN_SHARDS`` of them open at a time, each next sample from one at random."""
         todo = iter(urls)
         open_: list[Iterator] = []
-
-        def opened(u: str) -> Iterator:
-            return wds.tarfile_to_samples(handler=wds.warn_and_continue)(iter([{"url": u}]))
-
+        opened = self._shard_samples
         for u in itertools.islice(todo, OPEN_SHARDS if self.train else 1):
             open_.append(opened(u))
         while open_:
@@ -147,8 +163,24 @@ class _ClipStream(IterableDataset):
                 else:
                     open_[i] = opened(nxt)
 
-    def _samples(self, worker: int, workers: int) -> Iterator[tuple[dict, int]]:
-        """(raw sample, global id) for this worker; endless and shuffled in training, one pass otherwise."""
+    def _shard_samples(self, url: str) -> Iterator[dict]:
+        """The samples of one shard; where it changed since the loader started, or cannot be read to its end,
+        a placeholder ``{"__lost__": reason}`` for each sample it should still hold (counted, not dropped)."""
+        expect = self.shards.counts[self.shards.urls.index(url)]
+        n, reason = 0, "shard changed under the loader"
+        if not shard_changed(url, self.stats.get(url)):
+            try:
+                for sample in shard_samples(url, handler=wds.reraise_exception):  # a local file or a URL
+                    n += 1
+                    yield sample
+                reason = "shard holds fewer samples than its index"
+            except SHARD_ERRORS as e:
+                reason = f"unreadable shard ({type(e).__name__})"
+        for p in range(n, expect):
+            yield {"__url__": url, "__key__": f"#{p}", "__lost__": reason}
+
+    def _samples(self, worker: int, workers: int) -> Iterator[tuple[dict, int, int]]:
+        """(raw sample, global id, pass) for this worker; endless and shuffled in training, one pass otherwise."""
         n = len(self.shards.urls)
         sel, k, j = _plan(n, self.rank, self.world_size, worker, workers)
         start_of = dict(zip(self.shards.urls, self.shards.starts))
@@ -169,46 +201,57 @@ class _ClipStream(IterableDataset):
                     gid = self.ids.get((url, sample["__key__"]), -1)
                 else:
                     gid = start_of[url] + p
-                yield sample, gid
+                yield sample, gid, cycle
             if not self.train:
                 return
 
     def _shuffled(self, it: Iterator, rng: np.random.Generator, size: int = SHUFFLE_BUFFER) -> Iterator:
+        """A shuffle buffer that serves every sample of one pass before any of the next (no repeat while a
+        sample of the pass is still unserved)."""
         buf: list = []
+        cycle = 0
         for x in it:
+            if x[2] != cycle:
+                rng.shuffle(buf)
+                yield from buf
+                buf, cycle = [], x[2]
             buf.append(x)
             if len(buf) >= size:
                 yield buf.pop(int(rng.integers(len(buf))))
         rng.shuffle(buf)
         yield from buf
 
-    def _clip(self, sample: dict, rng: np.random.Generator, aug: ClipTrainAugment | None, out: np.ndarray):
-        """One sample -> its views written to ``out`` (V, T, S, S, 3) uint8; returns its V labels, or a
-        (reason, where, detail) skip record."""
+    def _clip(self, sample: dict, rng: np.random.Generator, aug: ClipTrainAugment | None, out: np.ndarray,
+              flips: np.ndarray):  # fmt: skip
+        """One sample -> its views written to ``out`` (V, T, S, S, 3) uint8 and their flip flags to ``flips``
+        (V,); returns its label, or a (reason, where, detail) skip record."""
         cfg = self.cfg
         where = f"{sample.get('__url__')} sample {sample.get('__key__')!r}"
+        if "__lost__" in sample:
+            return (sample["__lost__"], where, "")
         missing = [e for e in MEMBERS if e not in sample]
         if missing:
             return ("missing member", where, f"no .{missing[0]}")
-        n, label = parse_meta(sample["json"], sample["cls"], where)
+        try:
+            n, label = parse_meta(sample["json"], sample["cls"], where)
+        except CorruptSample as e:
+            return (e.reason, where, str(e))
         clips = 1 if self.train else cfg.test_clips
         u = rng.random(cfg.num_frames)
         idx = sampling.clip_indices(cfg.sampling, n, cfg.num_frames, cfg.sampling_rate, self.train, clips, u)
         try:
             frames = decode_clip(sample["mp4"], idx.reshape(-1))
-        except (av.error.FFmpegError, ValueError, IndexError, OSError) as e:
+        except DECODE_ERRORS as e:
             return ("undecodable video", where, str(e)[:200])
         if not self.train:
             clip_test_views(frames, clips, cfg, out=out)
-            return [label] * out.shape[0]
-        labels, shared = [], None
-        fmap = cfg.flip_label_map or {}
+            return label
+        shared = None
         for r in range(cfg.repeated_aug):
-            _, flipped, _ = aug(frames, rng, out=out[r], flip=shared)
+            _, flips[r], _ = aug(frames, rng, out=out[r], flip=shared)
             if not self.recipe.flip_per_view:
-                shared = flipped
-            labels.append(fmap.get(label, label) if flipped else label)
-        return labels
+                shared = bool(flips[r])
+        return label
 
     def __iter__(self):
         worker, workers = self._worker()
@@ -232,114 +275,88 @@ class _ClipStream(IterableDataset):
         # Clips are written straight into the batch; in a worker it lives in shared memory from the start,
         # so handing it to the main process copies nothing.
         in_worker = get_worker_info() is not None
-        buf, labels, ids, skipped = None, [], [], []
+        buf, flips, labels, ids, skipped, repeats = None, None, [], [], [], 0
         to_skip = done * b  # samples of the finished batches: passed over without decoding
-        for pos, (sample, gid) in enumerate(it):
+        for pos, (sample, gid, cycle) in enumerate(it):
             if to_skip:
                 if all(e in sample for e in MEMBERS):
                     to_skip -= 1
                 continue
             if buf is None:
-                buf = torch.empty(shape, dtype=torch.uint8)
+                buf, flips = torch.empty(shape, dtype=torch.uint8), torch.zeros((b, v), dtype=torch.bool)
                 if in_worker:
                     buf.share_memory_()
             rng = np.random.default_rng([self.seed, self.epoch, self.rank, role, pos])  # this clip's draws
-            out = self._clip(sample, rng, aug, buf[len(ids)].numpy())
+            out = self._clip(sample, rng, aug, buf[len(ids)].numpy(), flips[len(ids)].numpy())
             if isinstance(out, tuple):
-                skipped.append(out)
+                if cycle == 0:  # a later pass meets the same sample again: counted once per epoch
+                    skipped.append(out)
                 continue
-            labels.extend(out)
+            labels.append(out)
             ids.append(gid)
+            repeats += cycle > 0  # a second pass over this worker's shards within the epoch
             if len(ids) == b:
-                yield self._batch(buf, labels, ids, skipped, v)
-                buf, labels, ids, skipped = None, [], [], []
+                yield self._batch(buf, flips, labels, ids, skipped, repeats)
+                buf, flips, labels, ids, skipped, repeats = None, None, [], [], [], 0
         if ids or skipped:  # evaluation: the partial tail (and any skips after the last full batch)
-            yield self._batch(buf, labels, ids, skipped, v)
+            yield self._batch(buf, flips, labels, ids, skipped, repeats)
 
-    def _batch(self, buf: torch.Tensor | None, labels: list, ids: list, skipped: list, v: int) -> dict:
-        out: dict = {"skipped": list(skipped)}
+    def _batch(self, buf: torch.Tensor | None, flips: torch.Tensor | None, labels: list, ids: list,
+               skipped: list, repeats: int) -> dict:  # fmt: skip
+        """The raw batch as the loader core takes it (a dict: the DataLoader pins its tensors)."""
+        out: dict = {"skipped": list(skipped), "repeated": repeats}
         if not ids:
             return out
-        out["video"] = buf[: len(ids)].flatten(0, 1)  # (B * V, T, S, S, 3) uint8
+        out["video"] = buf[: len(ids)]  # (B, V, T, S, S, 3) uint8
         out["label"] = torch.tensor(labels, dtype=torch.int64)
-        if not self.train:
-            out["video_id"] = torch.tensor(ids, dtype=torch.int64).repeat_interleave(v)
-            out["view"] = torch.arange(v).repeat(len(ids))
+        out["flipped" if self.train else "video_id"] = (
+            flips[: len(ids)] if self.train else torch.tensor(ids, dtype=torch.int64)
+        )
         return out
 
 
-class PyavLoader:
-    """Iterable of batches from PyAV DataLoader workers; the loader contract of
-    :func:`marvit.pipeline.build_loader`."""
+class PyavLoader(ShardLoader):
+    """Batches from PyAV DataLoader workers through the loader core (:func:`marvit.pipeline.build_loader`)."""
 
-    def __init__(self, shards: ShardSet, cfg: DataConfig, *, train: bool, rank: int = 0, world_size: int = 1,
-                 device: torch.device | str = "cpu", seed: int = 0, epoch: int = 0) -> None:  # fmt: skip
-        self.shards, self.cfg, self.train = shards, cfg, train
-        self.rank, self.world_size, self.seed, self.epoch = rank, world_size, seed, epoch
-        self.recipe = AugmentRecipe.from_config(cfg)
-        self.device = torch.device(device)
-        self._skips = SkipLog()
+    def _open(self) -> None:
+        self._stats = shard_stats(self.shards.urls)  # a shard that changes after this is read as lost samples
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def skipped(self) -> dict:
-        return self._skips.as_dict()
-
-    def _workers(self) -> int:
-        return self.cfg.num_workers
-
-    def __len__(self) -> int:
-        b = self.cfg.batch_size
-        if self.train:
-            return (self.shards.num_samples // self.world_size) // b
-        total = 0
-        workers = max(1, self._workers())
+    def _eval_len(self) -> int:
+        b, total = self.batch_size, 0
+        workers = max(1, self.cfg.num_workers)
         for w in range(workers):
             sel, k, j = _plan(len(self.shards.urls), self.rank, self.world_size, w, workers)
             stream = sum(self.shards.counts[sel])
             total += -(-len(range(j, stream, k)) // b)
         return total
 
-    def __iter__(self):
-        return self.iter_from(0)
+    def _raw_train(self, k: int) -> Iterator[RawBatch]:
+        """Training skips the first ``k`` batches without decoding them."""
+        return self._raw(start=k, limit=len(self) - k)
 
-    def iter_from(self, k: int):
-        """The current epoch's batches from batch ``k`` on. Training skips the first ``k`` without decoding
-        them; evaluation (one pass, not resumed in practice) replays them."""
-        if not 0 <= k <= len(self):
-            raise ValueError(f"iter_from({k}): this loader has {len(self)} batches per epoch")
-        return self._iter(k)
+    def _raw_eval(self, k: int) -> Iterator[RawBatch]:
+        """Evaluation (one pass, not resumed in practice) replays the first ``k``."""
+        return itertools.islice(self._raw(start=0, limit=len(self)), k, None)
 
-    def _iter(self, k: int):
+    def _raw(self, start: int, limit: int) -> Iterator[RawBatch]:
+        """Raw batches ``start, start + 1, ...``, at most ``limit`` (a training stream is endless)."""
         ds = _ClipStream(self.shards, self.cfg, self.train, self.rank, self.world_size, self.seed, self.epoch,
-                         start=k if self.train else 0)  # fmt: skip
-        workers = self._workers()
+                         start=start, stats=self._stats)  # fmt: skip
+        workers = self.cfg.num_workers
         dl = DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=self.device.type == "cuda",
                         prefetch_factor=4 if workers else None)  # fmt: skip
         it = iter(dl)
-        n = len(self)
-        step = k if self.train else 0
         try:
-            for batch in it:
+            for batch in it if limit > 0 else ():
                 for reason, where, detail in batch.pop("skipped"):
                     self._skips.add(reason, where, detail)
-                if "video" not in batch:
-                    continue
-                if self.train and step >= n:
-                    break
-                if not self.train and step < k:
-                    step += 1
-                    continue
-                out = {key: v.to(self.device, non_blocking=True) for key, v in batch.items()}
-                out["video"] = normalize(out["video"], self.cfg.mean, self.cfg.std)  # (B, 3, T, S, S) float
-                if self.train:
-                    erase_clips_(
-                        out["video"], self.recipe, seed=batch_seed(self.seed, self.epoch, self.rank, step)
+                self._skips.repeat(batch.pop("repeated"))
+                if "video" in batch:
+                    limit -= 1
+                    yield RawBatch(
+                        batch["video"], batch["label"], batch.get("flipped"), batch.get("video_id")
                     )
-                yield out
-                step += 1
-                if self.train and step >= n:
-                    break
+                    if limit <= 0:
+                        break
         finally:
             del it  # stops the workers of an endless training stream

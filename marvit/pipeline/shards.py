@@ -26,6 +26,8 @@ import numpy as np
 
 from marvit.errors import InputError
 from marvit.pipeline.manifest import MANIFEST, index_path, load_manifest, read_index, sha256_file
+from marvit.pipeline.remote import file_url, is_remote, redact
+from marvit.pipeline.remote_cache import check_remote_shards, stage_shards
 
 
 class ShardsMissing(InputError, FileNotFoundError):
@@ -47,6 +49,9 @@ class ShardSet:
     counts: list[int]
     index_paths: list[str] | None
     classes: list[str] | None = None
+    # a URL root (remote.py): the manifest's rows of the shards (name, samples, sha256, bytes), which
+    # staging to data.cache_dir verifies against; None for local shards
+    remote: list[dict] | None = None
     starts: list[int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -84,14 +89,31 @@ class ShardSet:
         return out
 
 
+class CorruptSample(InputError):
+    """One sample's members contradict each other (``.cls`` and ``.json`` name different classes): a loader
+    that can skip a sample skips and counts it under ``reason``; DALI's graph cannot, and refuses it."""
+
+    reason = "label mismatch"
+
+
 class SkipLog:
-    """The samples a loader skipped on this rank: counted per reason, warned about once per reason."""
+    """The samples a loader skipped on this rank: counted per reason, warned about once per reason; and the
+    samples served a second time in one epoch to fill it (``repeated``), which an epoch that lost samples
+    may need."""
 
     KEEP = 100  # where-strings kept for the report
 
     def __init__(self) -> None:
         self.reasons: Counter[str] = Counter()
         self.samples: list[str] = []
+        self.repeated = 0
+
+    def repeat(self, n: int = 1) -> None:
+        """``n`` samples served again in this epoch (padding an epoch that lost samples)."""
+        if not self.repeated and n:
+            warnings.warn("an epoch lost samples and is filled with repeats of others; counted in "
+                          "loader.skipped()['repeated']", stacklevel=3)  # fmt: skip
+        self.repeated += n
 
     def add(self, reason: str, where: str, detail: str = "") -> None:
         if reason not in self.reasons:
@@ -103,12 +125,16 @@ class SkipLog:
             self.samples.append(where)
 
     def as_dict(self) -> dict:
-        """{"count": int, "reasons": {reason: count}, "samples": [the first where-strings]}"""
-        return {
+        """{"count": int, "reasons": {reason: count}, "samples": [the first where-strings]}, and
+        "repeated": int when an epoch was padded with repeats."""
+        out = {
             "count": sum(self.reasons.values()),
             "reasons": dict(self.reasons),
             "samples": list(self.samples),
         }
+        if self.repeated:
+            out["repeated"] = self.repeated
+        return out
 
 
 def epoch_order(n_shards: int, seed: int, epoch: int, cycle: int = 0) -> list[int]:
@@ -124,6 +150,8 @@ def batch_seed(*parts: int) -> int:
 
 def find_shards(source: str | Path, split: str = "train") -> ShardSet:
     """A convert output directory (uses ``manifest.json`` and ``split``) or a shard pattern."""
+    if is_remote(source):
+        return _find_remote(str(source), split)
     src = Path(source)
     if src.is_dir():
         mpath = src / MANIFEST
@@ -160,6 +188,45 @@ def find_shards(source: str | Path, split: str = "train") -> ShardSet:
     return ShardSet(urls=urls, counts=counts, index_paths=idx if has_idx else None, classes=classes)
 
 
+def _split_entries(manifest: dict | None, where: str, split: str) -> list[dict]:
+    if manifest is None:
+        raise ShardsMissing(f"{where}: no {MANIFEST}; is this a `marvit convert` output directory?")
+    if split not in manifest["splits"]:
+        raise SplitMissing(
+            f"{where}/{MANIFEST}: no split {split!r}; the manifest has {sorted(manifest['splits'])}"
+        )
+    entries = manifest["splits"][split].get("shards", [])
+    if not entries:
+        raise InputError(f"{where}/{MANIFEST}: split {split!r} has no shards")
+    return entries
+
+
+def _find_remote(root: str, split: str) -> ShardSet:
+    """The split's shards under a URL root: URLs, counts and checksums from its manifest; no local index
+    (the PyAV loader numbers samples by position; DALI reads the staged copies, see remote.py)."""
+    try:
+        manifest = load_manifest(root)
+    except ValueError as e:
+        raise ShardsMissing(str(e)) from None
+    entries = _split_entries(manifest, redact(root), split)
+    return ShardSet(urls=[file_url(root, e["name"]) for e in entries], counts=[int(e["samples"]) for e in entries],
+                    index_paths=None, classes=manifest["classes"], remote=entries)  # fmt: skip
+
+
+def local_shards(shards: ShardSet, cache_dir: str | None, rank: int = 0, world_size: int = 1) -> ShardSet:
+    """``shards`` as local files for a reader of local files only (DALI): remote shards are staged into
+    ``cache_dir`` (verified against the manifest, see remote.py); local ones are returned as they are."""
+    if shards.remote is None:
+        return shards
+    if not cache_dir:
+        raise InputError(
+            f"data.root: shards at {redact(shards.urls[0])}... are remote and DALI reads local files only: "
+            "set data.cache_dir to a local directory to stage the shards in (or use data.backend=pyav)"
+        )
+    paths, idx = stage_shards(shards.urls, shards.remote, cache_dir, rank, world_size)
+    return ShardSet(urls=paths, counts=list(shards.counts), index_paths=idx, classes=shards.classes)
+
+
 def parse_meta(json_bytes: bytes, cls_bytes: bytes, where: str) -> tuple[int, int]:
     """(frame count, class index) of one sample from its ``KEY.json`` and ``KEY.cls`` bytes."""
     try:
@@ -179,6 +246,9 @@ def parse_meta(json_bytes: bytes, cls_bytes: bytes, where: str) -> tuple[int, in
             "(a positive int), "
             "which `marvit convert` writes"
         )
+    cls = meta.get("class")  # `marvit convert` writes the class index to both members
+    if isinstance(cls, int) and cls != label:
+        raise CorruptSample(f"{where}: .cls says class {label}, .json says {cls}: the sample is corrupt")
     return frames, label
 
 
@@ -203,6 +273,14 @@ def check_shards(root: str | Path, split: str, checksums: bool = True) -> dict:
     differs and how; returns ``{"split", "shards", "samples", "bytes", "checksums": bool,
     "incomplete": int}`` (``incomplete``: samples lacking an mp4/cls/json member, which the loaders skip).
     """
+    if is_remote(root):
+        try:
+            manifest = load_manifest(str(root))
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        return check_remote_shards(
+            str(root), split, _split_entries(manifest, redact(str(root)), split), checksums
+        )
     root = Path(root)
     manifest = load_manifest(root)
     if manifest is None:

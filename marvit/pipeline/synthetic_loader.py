@@ -13,10 +13,12 @@ the real loaders' ``B * R`` rows. Batches are random access, so ``iter_from(k)``
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 
 from marvit.config import DataConfig
+from marvit.pipeline.core import LoaderCore, RawBatch
 
 
 def synthetic_clip(
@@ -27,7 +29,7 @@ def synthetic_clip(
     label = index % num_classes
     angle = 2 * math.pi * label / num_classes
     freq = 2 * math.pi / (size / 4)
-    phase0 = float(torch.rand(1, generator=g)) * 2 * math.pi
+    phase0 = torch.rand((), generator=g) * (2 * math.pi)  # a 0-d tensor: never read back
     t = torch.arange(frames, dtype=torch.float32).view(frames, 1, 1)
     y = torch.arange(size, dtype=torch.float32).view(1, size, 1)
     x = torch.arange(size, dtype=torch.float32).view(1, 1, size)
@@ -37,60 +39,43 @@ def synthetic_clip(
     return clip.clamp_(0, 1), label
 
 
-class SyntheticLoader:
-    """Batches of ``synthetic_clip`` normalized like real data: ``video`` (B, 3, T, S, S), ``label`` (B,)."""
+class SyntheticLoader(LoaderCore):
+    """Batches of ``synthetic_clip`` (quantized to uint8, as decoded video is) through the loader core:
+    ``video`` (B, 3, T, S, S) normalized like real data, ``label`` (B,). Not augmented (no flip, no erasing)."""
+
+    augments = False
 
     def __init__(
         self, cfg: DataConfig, split: str, num_classes: int, num_samples: int, train: bool, rank: int = 0,
         world_size: int = 1, device: torch.device | str = "cpu", seed: int = 0, epoch: int = 0,
     ) -> None:  # fmt: skip
-        self.cfg, self.split, self.num_classes, self.train = cfg, split, num_classes, train
-        self.rank, self.world, self.device = rank, world_size, torch.device(device)
-        self.seed = seed + (0 if split == "train" else 7919)
+        super().__init__(cfg, train=train, rank=rank, world_size=world_size, device=device,
+                         seed=seed + (0 if split == "train" else 7919), epoch=epoch)  # fmt: skip
+        self.split, self.num_classes = split, num_classes
         self.num_samples = num_samples
-        self.epoch = epoch
-        self.mean = torch.tensor(cfg.mean).view(1, 3, 1, 1, 1)
-        self.std = torch.tensor(cfg.std).view(1, 3, 1, 1, 1)
 
-    def __len__(self) -> int:
-        per_rank = self.num_samples // self.world if self.train else math.ceil(self.num_samples / self.world)
-        return per_rank // self.cfg.batch_size if self.train else math.ceil(per_rank / self.cfg.batch_size)
+    def _eval_len(self) -> int:
+        return math.ceil(math.ceil(self.num_samples / self.world_size) / self.batch_size)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def batch(self, k: int) -> dict[str, torch.Tensor]:
+    def raw_batch(self, k: int) -> RawBatch:
         """Batch ``k`` of the current epoch on this rank (random access: resuming needs no replay)."""
-        b = self.cfg.batch_size
+        b = self.batch_size
         if self.train:
-            order = torch.randperm(
-                self.num_samples, generator=torch.Generator().manual_seed(self.seed + self.epoch)
-            )
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_samples, generator=g).numpy()  # host ints, no tensor reads
         else:
-            order = torch.arange(self.num_samples)
-        ids = [(k * b + j) * self.world + self.rank for j in range(b)]
+            order = range(self.num_samples)
+        ids = [(k * b + j) * self.world_size + self.rank for j in range(b)]
         ids = [int(order[i]) for i in ids if i < self.num_samples]
         clips, labels = zip(*(synthetic_clip(i, self.seed, self.num_classes, self.cfg.num_frames,
                                              self.cfg.img_size) for i in ids))  # fmt: skip
-        video = (torch.stack(clips) - self.mean) / self.std  # (B, 3, T, S, S)
-        label = torch.tensor(labels)
-        r = self.cfg.repeated_aug if self.train else 1
-        if r > 1:  # (B * R, ...), the views of a clip in consecutive rows
-            video, label = video.repeat_interleave(r, dim=0), label.repeat_interleave(r)
-        out = {"video": video.to(self.device), "label": label.to(self.device)}
-        if not self.train:
-            out["video_id"] = torch.tensor(ids, device=self.device)
-            out["view"] = torch.zeros(len(ids), dtype=torch.long, device=self.device)
-        return out
+        # (B, 1, T, S, S, 3) uint8; training repeats each clip R times (nothing to vary between views)
+        video = (torch.stack(clips) * 255).round_().to(torch.uint8).permute(0, 2, 3, 4, 1).unsqueeze(1)
+        views = self.cfg.repeated_aug if self.train else 1
+        video = video.expand(-1, views, -1, -1, -1, -1)
+        return RawBatch(video, torch.tensor(labels), video_id=None if self.train else torch.tensor(ids))
 
-    def skipped(self) -> dict:
-        return {"count": 0, "reasons": {}, "samples": []}
+    def _raw_train(self, k: int) -> Iterator[RawBatch]:
+        return (self.raw_batch(i) for i in range(k, len(self)))
 
-    def iter_from(self, k: int):
-        """Batches ``k, k + 1, ...`` of the current epoch."""
-        if not 0 <= k <= len(self):
-            raise ValueError(f"iter_from({k}): this loader has {len(self)} batches per epoch")
-        return (self.batch(i) for i in range(k, len(self)))
-
-    def __iter__(self):
-        return self.iter_from(0)
+    _raw_eval = _raw_train

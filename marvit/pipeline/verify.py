@@ -158,8 +158,10 @@ def verify_dir(out: str | Path, workers: int | None = None, progress: bool = Tru
                 report["warnings"].append(
                     f"{p.name}: not in the manifest (left by an unfinished conversion?)"
                 )
-        if (out / f".{split}.progress.json").exists():
+        if (out / f".{split}.progress.json").exists() or list(out.glob(f".{split}.part-*.progress.json")):
             report["warnings"].append(f"{split}: a conversion of this split is unfinished or running")
+        if list(out.glob(f"parts/{split}.*of*.json")):
+            report["warnings"].append(f"{split}: finished parts not merged yet (`marvit manifest merge`)")
         short = entry.get("short") or {}
         if short.get("count"):
             report["warnings"].append(

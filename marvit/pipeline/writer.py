@@ -1,14 +1,22 @@
 """Writing a split's shards so that a killed conversion resumes with every sample exactly once.
 
 A conversion visits the split's items in one fixed order (a seeded permutation of the listing, see
-``convert.py``) and cuts a shard every ``shard_size`` good samples, so the shard a sample lands in depends
-only on the inputs, the settings and the seed. Each shard is written to ``NAME.tmp`` and renamed when
-complete (its DALI index likewise); then ``.{split}.progress.json`` records it (name, samples, sha256,
-the positions in the order it consumed) with the files skipped and the short clips seen so far. A rerun
-whose :func:`fingerprint` matches keeps the recorded shards whose checksum still matches, discards
-temporary and unrecorded files, and continues after the last kept shard. Different inputs or settings
-start the split over. :func:`split_entry` assembles the split's manifest entry and :func:`write_manifest`
-merges it into ``manifest.json``.
+``convert.py``) and cuts it into windows of ``shard_size`` positions: window w (positions
+``[w * shard_size, (w + 1) * shard_size)``) becomes shard ``{split}-{w:06d}.tar`` with the window's good
+samples (fewer where files were skipped; no shard where all were). So the shard a sample lands in, and the
+shard's bytes, depend only on the inputs, the settings and the seed, never on what happened to other
+windows: a conversion split into parts (``--part I/N``: each part a contiguous run of windows) writes
+exactly the shards of the one-part conversion, and no two parts write the same name.
+
+Each shard is written to ``NAME.PID-TOKEN.tmp`` (unique per process), hashed as it is written, renamed
+when complete (its DALI index likewise) and read back: its checksum must be the one computed while writing,
+so the progress file and the manifest record only bytes that were written and verified. The progress file
+records each shard (name, samples, sha256, the positions it covers), the files skipped and the short clips
+seen so far and where the run has got to. A rerun whose :func:`fingerprint` matches keeps the recorded
+shards whose checksum still matches, discards temporary and unrecorded files of its own windows, and
+continues after the last kept shard. Different inputs or settings start the part over.
+:func:`split_entry` assembles the split's manifest entry and :func:`write_manifest` merges it into
+``manifest.json``.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import io
 import json
 import os
 import re
+import secrets
 import subprocess
 import tarfile
 from dataclasses import dataclass, field
@@ -59,15 +68,36 @@ def write_index(tar_path: Path, idx_path: Path) -> None:
         subprocess.run(["wds2idx", str(tar_path), str(idx_path)], check=True, capture_output=True)
 
 
+def temp_name(path: Path) -> Path:
+    """A temporary name beside ``path`` that no other process uses (pid and a random token)."""
+    return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+class _HashingFile:
+    """The shard's file as tarfile writes it: every byte also goes into a sha256 (what was written)."""
+
+    def __init__(self, f) -> None:
+        self.f, self.sha, self.n = f, hashlib.sha256(), 0
+
+    def write(self, b: bytes) -> int:
+        self.sha.update(b)
+        self.n += len(b)
+        return self.f.write(b)
+
+    def tell(self) -> int:
+        return self.f.tell()
+
+
 class ShardWriter:
-    """One shard written under ``NAME.tmp``; ``finish`` indexes it and renames both into place."""
+    """One shard written under a temporary name; ``finish`` indexes it and renames both into place."""
 
     def __init__(self, out: Path, split: str, number: int):
         self.path = out / shard_name(split, number)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.tmp = temp_name(self.path)
         # open across many ``add`` calls; ``finish`` or ``abandon`` closes them
         self.file = open(self.tmp, "wb")  # noqa: SIM115
-        self.tar = tarfile.open(fileobj=self.file, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
+        self.hashing = _HashingFile(self.file)
+        self.tar = tarfile.open(fileobj=self.hashing, mode="w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115
         self.samples = 0
 
     def _member(self, name: str, data: bytes) -> None:
@@ -89,12 +119,18 @@ class ShardWriter:
         os.fsync(self.file.fileno())
         self.file.close()
         idx = index_path(self.path)
-        idx_tmp = idx.with_name(idx.name + ".tmp")
+        idx_tmp = temp_name(idx)
         write_index(self.tmp, idx_tmp)
         os.replace(self.tmp, self.path)
         os.replace(idx_tmp, idx)
-        return {"name": self.path.name, "samples": self.samples, "sha256": sha256_file(self.path),
-                "bytes": self.path.stat().st_size}  # fmt: skip
+        # read back what is now under the final name: the record holds only bytes written and verified
+        written, size = self.hashing.sha.hexdigest(), self.path.stat().st_size
+        if sha256_file(self.path) != written or size != self.hashing.n:
+            raise RuntimeError(
+                f"{self.path}: its bytes on disk are not the {self.hashing.n} bytes just written (another "
+                "process wrote there, or the disk returned other data); not recorded"
+            )
+        return {"name": self.path.name, "samples": self.samples, "sha256": written, "bytes": size}
 
     def abandon(self) -> None:
         self.tar.close()
@@ -123,55 +159,67 @@ def shard_ok(out: Path, rec: dict) -> bool:
     return p.is_file() and index_path(p).is_file() and sha256_file(p) == rec["sha256"]
 
 
-def clear_split_files(out: Path, split: str, keep_shards: set[str]) -> None:
-    """Remove every shard, index and temp file of ``split`` except the kept shards and their indexes."""
+def clear_split_files(out: Path, split: str, keep_shards: set[str], windows: range | None = None) -> None:
+    """Remove every shard, index and temp file of ``split`` (of shard numbers in ``windows``: a part's own)
+    except the kept shards and their indexes."""
     keep = keep_shards | {index_path(out / n).name for n in keep_shards}
     pat = split_files_re(split)
     for p in out.iterdir():
-        if pat.match(p.name) and p.name not in keep:
-            p.unlink()
+        m = pat.match(p.name)
+        if m and p.name not in keep and (windows is None or int(m.group(1)) in windows):
+            p.unlink(missing_ok=True)
 
 
 @dataclass
 class Progress:
-    """A split's recorded state: complete shards, and the skipped files and short clips before ``start``.
+    """A part's recorded state (the whole split for one part): complete shards, and the skipped files and
+    short clips before ``start``, the next position in the conversion order to convert.
 
-    ``start`` is the position in the conversion order after the last kept shard; positions of skipped
-    and short entries are the ``pos`` keys."""
+    ``span`` is the part's positions ``[first, end)``; positions of skipped and short entries are their
+    ``pos`` keys."""
 
     path: Path
     fingerprint: str
+    span: tuple[int, int]
     shards: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     short: list[dict] = field(default_factory=list)
+    start: int = -1  # -1: the span's first position
 
-    @property
-    def start(self) -> int:
-        return self.shards[-1]["end_pos"] if self.shards else 0
+    def __post_init__(self) -> None:
+        if self.start < 0:
+            self.start = self.span[0]
 
     @classmethod
-    def resume(cls, out: Path, split: str, fp: str) -> Progress:
-        """The intact recorded shards of an earlier run with the same fingerprint; removes everything else
-        of the split (temporary shards, unrecorded or damaged files)."""
-        path = out / f".{split}.progress.json"
-        prog = cls(path, fp)
+    def resume(cls, out: Path, split: str, fp: str, span: tuple[int, int], windows: range | None,
+               name: str | None = None) -> Progress:  # fmt: skip
+        """The intact recorded shards of an earlier run of this part with the same fingerprint; removes
+        everything else of the part's windows (temporary shards, unrecorded or damaged files)."""
+        path = out / (name or f".{split}.progress.json")
+        prog = cls(path, fp, span)
         try:
             state = json.loads(path.read_text()) if path.exists() else {}
         except (json.JSONDecodeError, UnicodeDecodeError):
             state = {}
-        if state.get("fingerprint") == fp:
-            for rec in state.get("shards", []):
+        if state.get("fingerprint") == fp and state.get("span") == list(span):
+            recorded = state.get("shards", [])
+            for rec in recorded:
                 if not shard_ok(out, rec):
                     break
                 prog.shards.append(rec)
+            intact = len(prog.shards) == len(recorded)
+            prog.start = (
+                int(state.get("end_pos", span[0])) if intact else recorded[len(prog.shards)]["first_pos"]
+            )
             prog.skipped = [s for s in state.get("skipped", []) if s["pos"] < prog.start]
             prog.short = [s for s in state.get("short", []) if s["pos"] < prog.start]
-        clear_split_files(out, split, {r["name"] for r in prog.shards})
+        clear_split_files(out, split, {r["name"] for r in prog.shards}, windows)
         return prog
 
     def save(self) -> None:
-        atomic_write_json(self.path, {"fingerprint": self.fingerprint, "shards": self.shards,
-                                      "skipped": self.skipped, "short": self.short})  # fmt: skip
+        atomic_write_json(self.path, {"fingerprint": self.fingerprint, "span": list(self.span),
+                                      "end_pos": self.start, "shards": self.shards, "skipped": self.skipped,
+                                      "short": self.short})  # fmt: skip
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

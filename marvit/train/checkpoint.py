@@ -13,6 +13,7 @@ the previous checkpoint or the new one, never half of one. ``best`` is a copy of
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -22,11 +23,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from marvit.errors import InputError
+from marvit.model.checkpoint import nonfinite_tensors
 from marvit.model.mar import TRAIN_ONLY
+from marvit.train import fsio
 
 PREFIX = "step_"
 
@@ -63,23 +67,37 @@ def save_checkpoint(
 ) -> Path:  # fmt: skip
     """Write ``OUT/checkpoints/step_N`` atomically; prune to the ``keep_last`` newest; copy to ``best``."""
     root = Path(out_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{state['step']:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp_", dir=root))
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(tmp / "model.safetensors"))
-    torch.save(state, tmp / "state.pt")
-    (tmp / "config.yaml").write_text(config_yaml)
-    for f in tmp.iterdir():  # durable before it becomes visible
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    bad = nonfinite_tensors(weights)
+    if bad:  # the loop's guard stops a diverged run first; this is the contract
+        raise RuntimeError(f"{final}: refusing to save non-finite weights ({', '.join(bad[:5])})")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fsio.fault(root)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp_", dir=root))
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(root)) from None
+    try:  # each file written, fsynced and renamed by fsio: a full disk is an OSError naming the file
+        fsio.write_file(tmp / "model.safetensors", safetensors_bytes(weights))
+        fsio.write_stream(tmp / "state.pt", lambda f: torch.save(state, f))
+        fsio.write_file(tmp / "config.yaml", config_yaml.encode())
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # frees the space; a resume would remove it anyway
+        raise
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     if best:
         tmp_best = Path(tempfile.mkdtemp(prefix=".tmp_best_", dir=root))
         shutil.rmtree(tmp_best)
-        shutil.copytree(final, tmp_best)
+        try:
+            fsio.fault(root / "best")
+            shutil.copytree(final, tmp_best)
+        except (OSError, shutil.Error) as e:  # copytree gathers its errors into shutil.Error
+            shutil.rmtree(tmp_best, ignore_errors=True)
+            code = e.errno if isinstance(e, OSError) and e.errno else errno.EIO
+            raise OSError(code, os.strerror(code), str(root / "best")) from None
         if (root / "best").exists():
             shutil.rmtree(root / "best")
         os.replace(tmp_best, root / "best")
@@ -134,6 +152,9 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> dict[st
             weights = load_file(str(path / "model.safetensors"))
         except Exception as e:  # safetensors raises its own error types for truncated or foreign files
             raise InputError(f"{path / 'model.safetensors'}: unreadable safetensors file ({e})") from None
+        bad = nonfinite_tensors(weights)
+        if bad:  # written by an older marvit, or changed on disk: training on from it would be NaN
+            raise InputError(f"{path / 'model.safetensors'}: non-finite values (NaN or inf) in {bad[:5]}")
         own = model.state_dict()
         # an evaluation model built without the training-only decoder leaves those weights unused
         weights = {k: v for k, v in weights.items() if k in own or not k.startswith(TRAIN_ONLY)}

@@ -9,14 +9,17 @@ spatially repeated pattern); ``scheme=None`` evaluates on every token.
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
 from marvit.config import Config
+from marvit.errors import InputError
 from marvit.model import build_model
-from marvit.pipeline.manifest import atomic_write_json
+from marvit.train.fsio import write_json
 from marvit.train.scheme import Scheme, resolve
 
 
@@ -74,11 +77,40 @@ def summarize(scores: dict[int, torch.Tensor], labels: dict[int, int]) -> dict:
     }
 
 
-def main(cfg: Config, checkpoint: str, views: str | None, no_mask: bool) -> int:
-    """``marvit eval CONFIG --checkpoint DIR``: multi-view top-1/top-5 as JSON (and eval.json beside it).
+def available_memory() -> int:
+    """Bytes this machine can still give (``MemAvailable``; the physical total where that is unknown)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_views_fit(cfg: Config, what: str) -> None:
+    """A test batch holds every view of ``data.batch_size`` videos, as uint8 and as float32, beside one
+    video's decoded clips at ``data.test_short_side``: refuse a view count that would take more than half of
+    the available memory (``--views 1000x100`` once asked for 39 GB)."""
+    d = cfg.data
+    views = d.test_clips * d.test_crops
+    per_view = d.batch_size * 3 * d.num_frames * d.img_size**2 * (1 + 4)  # (B, V, T, S, S, 3) u8 + f32
+    decoded = d.test_clips * d.num_frames * d.test_short_side**2 * 3 * 2  # frames and their resize, u8
+    need, have = views * per_view + decoded, available_memory()
+    if need > have // 2:
+        fit = max(1, (have // 2) // (per_view + decoded // views))
+        raise InputError(
+            f"{what}: {views} views of {d.num_frames}x{d.img_size}x{d.img_size} in batches of {d.batch_size} "
+            f"need {need / 2**30:.1f} GiB, more than half of the {have / 2**30:.1f} GiB available; at most "
+            f"about {fit} views fit"
+        )
+
+
+def main(cfg: Config, checkpoint: str, views: str | None, no_mask: bool, out: str = "eval_out") -> int:
+    """``marvit eval CONFIG --checkpoint DIR``: multi-view top-1/top-5 as JSON, printed, then written to
+    ``OUT/eval.json`` (``--out``; never into the checkpoint unless ``--out`` names it).
 
     DIR is a checkpoint directory or a run directory (its best checkpoint, else its newest)."""
-    from marvit.errors import InputError
     from marvit.train.checkpoint import find_checkpoint, load_checkpoint
     from marvit.train.setup import build_data_loader, check_data, pick_device
 
@@ -95,6 +127,7 @@ def main(cfg: Config, checkpoint: str, views: str | None, no_mask: bool) -> int:
                 f"--views {views!r}: expected CLIPSxCROPS of positive numbers, such as 5x3"
             ) from None
         cfg.data.test_clips, cfg.data.test_crops = clips, crops
+    check_views_fit(cfg, f"--views {views}" if views else "data.test_clips x data.test_crops")
     ckpt = find_checkpoint(checkpoint)  # before any data work: a bad path fails at once
     check_data(cfg, need_val=True)
     device = pick_device(cfg.train.device, 0)
@@ -107,6 +140,11 @@ def main(cfg: Config, checkpoint: str, views: str | None, no_mask: bool) -> int:
     m = scheme.mask
     res.update(checkpoint=str(ckpt), views=f"{cfg.data.test_clips}x{cfg.data.test_crops}",
                mask=f"{m.strategy}@{m.ratio}" if scheme.eval_masked else None)  # fmt: skip
-    atomic_write_json(ckpt / "eval.json", res, indent=2)
-    print(json.dumps(res))
+    print(json.dumps(res), flush=True)  # the result first: a full disk below loses no work
+    out_dir = Path(out)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(out_dir)) from None
+    write_json(out_dir / "eval.json", res, indent=2)
     return 0

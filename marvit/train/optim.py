@@ -2,7 +2,10 @@
 
 Each group carries an ``lr_scale`` (MAE style): layer ``i`` of ``L + 1`` gets ``decay ** (L + 1 - i)``, with
 the patch embedding at layer 0 and heads/decoder at the top. Norms, biases (every 1-D parameter) and the
-model's ``no_weight_decay()`` tokens get no weight decay.
+model's ``no_weight_decay()`` tokens get no weight decay. ``scope="weights"`` (the official MAR optimizer:
+biases and norms sit in its BN group at the full rate) applies the layer's ``lr_scale`` to those
+weight-decayed matrices only, every no-decay parameter keeping scale 1; ``scope="all"`` (MAE / VideoMAE)
+scales every parameter of the layer.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from torch import nn
 from marvit.config import TrainConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
+def param_groups(
+    model: nn.Module, weight_decay: float, layer_decay: float, scope: str = "weights"
+) -> list[dict]:
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     num_layers = model.num_layers() if hasattr(model, "num_layers") else 1
     groups: dict[tuple[int, bool], dict] = {}
@@ -28,7 +33,7 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> l
         if key not in groups:
             groups[key] = {
                 "params": [], "names": [], "weight_decay": 0.0 if no_decay else weight_decay,
-                "lr_scale": layer_decay ** (num_layers - 1 - layer),
+                "lr_scale": 1.0 if (no_decay and scope == "weights") else layer_decay ** (num_layers - 1 - layer),
             }  # fmt: skip
         groups[key]["params"].append(p)
         groups[key]["names"].append(name)
@@ -36,7 +41,7 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float) -> l
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay, cfg.layer_decay_scope)
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
     params = [{k: v for k, v in g.items() if k != "names"} for g in groups]
@@ -47,10 +52,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.opti
     return torch.optim.AdamW(params, lr=lr, betas=cfg.betas, fused=fused)
 
 
-def cosine_lr(step: int, total: int, warmup: int, peak: float, floor: float) -> float:
-    """Linear warm-up from 0 to ``peak`` over ``warmup`` steps, then cosine to ``floor`` at ``total``."""
+def cosine_lr(step: int, total: int, warmup: int, peak: float, floor: float, start: float = 0.0) -> float:
+    """Linear warm-up from ``start`` to ``peak`` over ``warmup`` steps, then cosine to ``floor`` at ``total``."""
     if step < warmup:
-        return peak * step / max(1, warmup)
+        return start + (peak - start) * step / max(1, warmup)
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 

@@ -42,6 +42,7 @@ class Scheme:
     label_smoothing: float  # for hard labels (mixup's soft targets carry their own)
     eval_masked: bool  # evaluate under the evaluation mask (MAR) or on every token
     pixel_std: tuple[float, ...] = IMAGENET_STD  # data.std: static tubelets are judged in [0, 1] pixels
+    normalize_targets: bool = True  # per-tubelet normalized pixels (VideoMAE) or raw pixels
 
     @property
     def with_decoder(self) -> bool:
@@ -66,7 +67,8 @@ class Scheme:
         if not self.eval_masked:
             return None
         m = self.mask
-        return masking.eval_visible(m.strategy, m.ratio, self.grid, batch, cell=m.cell, device=device)
+        return masking.eval_visible(m.strategy, m.ratio, self.grid, batch, cell=m.cell, device=device,
+                                    start=m.eval_start)  # fmt: skip
 
     def static_dropped(
         self, video: torch.Tensor, visible_idx: torch.Tensor | None, train: bool
@@ -121,5 +123,6 @@ def resolve(cfg: Config) -> tuple[Config, Scheme]:
         label_smoothing=cfg.data.label_smoothing,
         eval_masked=tc.scheme == "mar" and n_masked > 0,
         pixel_std=tuple(cfg.data.std),
+        normalize_targets=tc.normalize_targets,
     )
     return cfg, scheme

@@ -12,6 +12,7 @@ the run (schedule, model, mask, data) is refused unless ``train.allow_config_cha
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -30,14 +31,31 @@ import yaml
 
 from marvit.config import Config, ConfigError
 from marvit.errors import InputError
-from marvit.pipeline.manifest import atomic_write_bytes, load_manifest, writable_dir
+from marvit.pipeline.dirlock import holder_gone, link_whole, read_holder
+from marvit.pipeline.manifest import load_manifest, writable_dir
+from marvit.train import fsio
+from marvit.train.fsio import write_file as atomic_write_bytes
 
-# config keys a resumed run may change: where things are and how often it reports, not what it computes
-RESUMABLE_CHANGES = {
-    "train.out_dir", "train.resume", "train.device", "train.log_interval", "train.eval_interval",
-    "train.save_interval", "train.keep_last", "train.allow_config_change", "train.compile",
-    "data.root", "data.num_workers", "data.backend", "model.pretrained",
+# The config fields a resumed run may change, per section: where things are, how often it reports and how
+# the data is read, not what it computes. Each name is checked against the config's fields below.
+_RESUMABLE = {
+    "train": ("out_dir", "resume", "device", "log_interval", "eval_interval", "save_interval", "keep_last",
+              "allow_config_change", "compile", "skip_nonfinite"),
+    "data": ("root", "cache_dir", "num_workers", "backend", "dali_pipelines", "verify"),
+    "model": ("pretrained",),
 }  # fmt: skip
+
+
+def _resumable_keys() -> frozenset[str]:
+    cfg = Config()
+    for section, names in _RESUMABLE.items():
+        unknown = [n for n in names if n not in {f.name for f in dataclasses.fields(getattr(cfg, section))}]
+        if unknown:
+            raise RuntimeError(f"RESUMABLE_CHANGES names {section}.{unknown}, which the config does not have")
+    return frozenset(f"{section}.{n}" for section, names in _RESUMABLE.items() for n in names)
+
+
+RESUMABLE_CHANGES = _resumable_keys()  # "section.field" keys
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -159,7 +177,15 @@ def check_data(cfg: Config, need_val: bool = False) -> set[str]:
         raise ConfigError(
             f"data.root={root!r}: the manifest has no {wanted!r} split (has {sorted(info['splits'])})"
         )
-    if cfg.data.flip and cfg.data.flip_label_map is None and info.get("flip_map"):
+    if cfg.data.flip and cfg.data.flip_pairs:
+        # direction pairs named by label text, resolved through this data set's class list
+        from marvit.train.recipe import resolve_flip_pairs
+
+        cfg.data.flip_label_map = resolve_flip_pairs(
+            cfg.data.flip_pairs, info["classes"], f"{root}/manifest.json"
+        )
+        print(f"data.flip_pairs -> data.flip_label_map {cfg.data.flip_label_map}")
+    elif cfg.data.flip and cfg.data.flip_label_map is None and info.get("flip_map"):
         # the data set declares which classes swap under a horizontal flip (e.g. move_left <-> move_right)
         cfg.data.flip_label_map = {int(k): int(v) for k, v in info["flip_map"].items()}
         print(f"data.flip_label_map from {Path(root) / 'manifest.json'}: {cfg.data.flip_label_map}")
@@ -173,14 +199,15 @@ def check_data(cfg: Config, need_val: bool = False) -> set[str]:
 
 def check_shards(cfg: Config, splits: set[str]) -> None:
     """Every shard of the splits the run reads against the manifest, before any step: present, of the
-    recorded size, with the recorded sample count (tar headers and index). Checksums are left to
-    ``marvit verify``: hashing hundreds of GB at every start would cost more than a bad shard."""
+    recorded size, with the recorded sample count (tar headers and index); their sha256 too with
+    ``data.verify=checksum`` (off by default: hashing hundreds of GB at every start costs more than a bad
+    shard, which ``marvit verify`` finds)."""
     if cfg.data.backend == "synthetic":
         return
     from marvit.pipeline.shards import check_shards as check
 
     for split in sorted(splits & {"train", "val"}):
-        check(cfg.data.root, split, checksums=False)
+        check(cfg.data.root, split, checksums=cfg.data.verify == "checksum")
 
 
 def build_data_loader(cfg: Config, split: str, train: bool, rank: int, world: int, device, epoch: int = 0):
@@ -194,14 +221,20 @@ def build_data_loader(cfg: Config, split: str, train: bool, rank: int, world: in
 # --------------------------------------------------------------------------------------------------------
 # the run directory
 # --------------------------------------------------------------------------------------------------------
-def _pid_alive(pid: int) -> bool:
+def take_lock(lock: Path, data: bytes) -> None:
+    """Create ``lock`` holding ``data``, complete or not at all (:func:`marvit.pipeline.dirlock.link_whole`);
+    FileExistsError when it exists; a full disk raises an OSError naming the lock and leaves nothing."""
+    fsio.fault(lock)
+    link_whole(lock, data)
+
+
+def _debris(lock: Path, grace_s: float = 5.0) -> bool:
+    """An unreadable lock older than ``grace_s``: locks are linked into place complete, so it is what a
+    failed write of an older marvit left (the grace covers such a writer that is still writing)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return time.time() - lock.stat().st_mtime > grace_s
+    except OSError:
         return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 class RunDir:
@@ -221,11 +254,15 @@ class RunDir:
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
         for _ in range(2):
             try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                take_lock(lock, (json.dumps(me) + "\n").encode())
             except FileExistsError:
-                holder = self._holder(lock)
-                if holder is not None and self._is_stale(holder):
+                holder = read_holder(lock)
+                if holder is not None and holder_gone(holder):
                     print(f"{lock}: taking over the stale lock of pid {holder['pid']} (no longer running)")
+                    lock.unlink(missing_ok=True)
+                    continue
+                if holder is None and _debris(lock):
+                    print(f"{lock}: taking over an empty or unreadable lock (left by a failed write)")
                     lock.unlink(missing_ok=True)
                     continue
                 who = "an unreadable lock" if holder is None else f"pid {holder['pid']} on {holder['host']}"
@@ -234,24 +271,9 @@ class RunDir:
                     "choose another train.out_dir, or wait for that run to end (remove the lock file only "
                     "if you are sure no run uses it)"
                 ) from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
             self._locked = True
             return
         raise InputError(f"{lock}: could not take the lock; another run may be starting in this directory")
-
-    @staticmethod
-    def _holder(lock: Path) -> dict | None:
-        try:
-            h = json.loads(lock.read_text())
-            return h if isinstance(h, dict) and isinstance(h.get("pid"), int) else None
-        except (OSError, ValueError):
-            return None
-
-    @staticmethod
-    def _is_stale(holder: dict) -> bool:
-        # only a process of this host can be checked; another host's lock is never taken over
-        return holder.get("host") == socket.gethostname() and not _pid_alive(holder["pid"])
 
     def release(self) -> None:
         if self._locked:

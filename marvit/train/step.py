@@ -37,6 +37,6 @@ def forward_loss(
     vis = scheme.static_dropped(video, vis, train=True)  # packed when mask.drop_static drops static tubelets
     with torch.autocast(video.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
         out = model(video, vis, tgt)  # logits (B, classes) unless no head; pred (B, N_t, t*p*p*C)
-    pixels = unwrap(model).targets(video, tgt) if tgt is not None else None
+    pixels = unwrap(model).targets(video, tgt, scheme.normalize_targets) if tgt is not None else None
     return mar_loss(out.get("logits"), target if scheme.labels else None, out.get("pred"), pixels,
                     scheme.recon_weight, scheme.label_smoothing)  # fmt: skip
