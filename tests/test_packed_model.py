@@ -37,12 +37,13 @@ def _run(model, video, vis, tgt, labels):
     return out, grads
 
 
-@pytest.mark.parametrize("head", ["bridging", "linear"])
+@pytest.mark.parametrize("head", ["bridging", "linear", "mlp", "bridging+pos"])
 @pytest.mark.parametrize("drop_path", [0.0, 0.3])
 def test_nothing_dropped_packed_equals_padded(head, drop_path):
     """The same batch as (B, N_vis) indices and as a Packed batch: logits, predictions, every gradient."""
     torch.manual_seed(0)
-    cfg = _cfg(head, drop_path)
+    pos = head == "bridging+pos"  # the Table VII ablation: the position table enters the bridging classifier
+    cfg = _cfg(head.removesuffix("+pos"), drop_path, bridge_pos_embed=pos)
     model = build_model(cfg).double().train()
     video = torch.randn(3, 3, 8, 32, 32, dtype=torch.float64)
     vis, tgt = _split(cfg, 3)
@@ -148,3 +149,11 @@ def test_segment_mean_and_ragged_layout():
         segment_mean(x, seq), torch.tensor([[1.0, 2.0], [0.0, 0.0], [6.0, 7.0]]).double()
     )
     assert seq.shifted(4).lengths == (6, 4, 7)
+
+
+def test_bridge_mask_tokens_refuse_a_packed_batch():
+    model = build_model(_cfg("bridging", bridge_mask_tokens=True)).double()
+    video = torch.randn(2, 3, 8, 32, 32, dtype=torch.float64)
+    vis, tgt = _split(model.cfg, 2)
+    with pytest.raises(ValueError, match="bridge_mask_tokens"):
+        model(video, Packed.from_dense(vis), tgt)
