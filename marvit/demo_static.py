@@ -158,3 +158,55 @@ def main(out: str = "demo_static_out", quick: bool = False, epochs: int | None =
     print(json.dumps({k: res[k] for k in (*PHASES, "mar_static_vs_mar")}, indent=2))
     print(f"demo --static done in {res['total_s']:.0f} s -> {Path(out) / 'report.md'}")
     return 0
+
+
+def step_times(shards: str, iters: int = 10, warmup: int = 2, batch: int = 16) -> dict:
+    """Training-step time of the demo's model (marvit/configs/demo.yaml) under the standard scheme, MAR and
+    MAR + static dropping, interleaved on one batch of validation clips from ``shards`` (data loading
+    excluded): per-iteration milliseconds, medians, and the per-iteration MAR / MAR + static ratios."""
+    import statistics
+    import time
+
+    from marvit.bench.static import with_static
+    from marvit.bench.step import train_step
+    from marvit.demo import _val_clips, demo_config
+    from marvit.model import build_model
+    from marvit.pipeline.manifest import load_manifest
+    from marvit.train.optim import build_optimizer
+    from marvit.train.scheme import resolve
+
+    cfg = demo_config()
+    cfg.data.root = shards
+    cfg.model.num_classes = len(load_manifest(shards)["classes"])
+    video = _val_clips(cfg, batch)
+    label = torch.arange(video.shape[0]) % cfg.model.num_classes
+    jobs = {}
+    for name in ("standard", "mar"):
+        c = copy.deepcopy(cfg)
+        c.train.scheme = name
+        c, scheme = resolve(c)
+        torch.manual_seed(0)
+        model = build_model(c.model, with_decoder=scheme.with_decoder).train()
+        jobs[name] = (model, build_optimizer(model, c.train, 1e-4), scheme)
+    model, opt, scheme = jobs["mar"]
+    jobs["mar_static"] = (model, opt, with_static(scheme))  # the same model, static tubelets dropped
+    gen = torch.Generator().manual_seed(0)
+    times: dict[str, list[float]] = {k: [] for k in jobs}
+    for i in range(warmup + iters):
+        for name, (m, o, s) in jobs.items():
+            t0 = time.perf_counter()
+            train_step(m, o, s, video, label, gen, None)
+            if i >= warmup:
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    ratios = [a / b for a, b in zip(times["mar"], times["mar_static"])]
+    return {"batch": video.shape[0], "threads": torch.get_num_threads(), "times_ms": times,
+            "median_ms": {k: statistics.median(v) for k, v in times.items()},
+            "mar_over_mar_static_per_iteration": ratios, "median_ratio": statistics.median(ratios)}  # fmt: skip
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    # python -m marvit.demo_static SHARDS [ITERS]: the demo model's step times, interleaved
+    print(json.dumps(step_times(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 10), indent=1))
