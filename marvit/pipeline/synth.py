@@ -433,7 +433,7 @@ def main(out: str, classes: int | Sequence[str] = 6, per_class: int = 24, frames
         print(f"marvit synth: {e}", file=sys.stderr)
         return 2
     print(
-        f"synth ({s['style']}, {s['background']} background): {s['train']} train + {s['val']} val videos, {len(s['classes'])} classes "
+        f"synth ({s['style']}{', static background' if s['background'] == 'static' else ''}): {s['train']} train + {s['val']} val videos, {len(s['classes'])} classes "
         f"({', '.join(s['classes'])}), {s['frames']} frames at {s['size']}x{s['size']}, "
         f"{s['bytes'] / 1e6:.1f} MB in {s['seconds']:.1f} s -> {s['out']}"
     )
