@@ -209,7 +209,7 @@ def test_two_ranks_with_accumulation_match_one_rank_without(tmp_path):
     from _train_util import tiny_config
     from safetensors.torch import load_file
 
-    from marvit.train.checkpoint import latest_checkpoint
+    from marvit.train.checkpoint import latest_checkpoint, load_checkpoint
 
     config, _ = tiny_config(tmp_path)
     common = ["train.scheme=standard", "train.max_steps=1", "train.seed=5", "train.global_batch=8"]
@@ -223,10 +223,16 @@ def test_two_ranks_with_accumulation_match_one_rank_without(tmp_path):
         assert p.returncode == 0, p.stderr[-3000:]
         res = json.loads((tmp_path / name / "results.json").read_text())
         assert res["global_batch"] == 8 and res["world_size"] == nproc
-        return res, load_file(str(latest_checkpoint(tmp_path / name) / "model.safetensors"))
+        ckpt = latest_checkpoint(tmp_path / name)
+        return res, load_file(str(ckpt / "model.safetensors")), load_checkpoint(ckpt)["optimizer"]["state"]
 
-    (r1, one), (r2, two) = run("one", 1, 8), run("two", 2, 2)
+    (r1, one, opt1), (r2, two, opt2) = run("one", 1, 8), run("two", 2, 2)
     assert (r1["accum_steps"], r2["accum_steps"]) == (1, 2)
+    # AdamW's first moment after one step is (1 - beta1) x the gradient: the same gradient, scale included (a
+    # missing 1/accum factor doubles it; Adam's first update itself barely depends on the scale)
+    assert opt1.keys() == opt2.keys()
+    for i in opt1:
+        torch.testing.assert_close(opt1[i]["exp_avg"], opt2[i]["exp_avg"], atol=1e-7, rtol=1e-3)
     init = build_model(load_config(config, common).model).state_dict()
     moved = 0
     for k in one:
