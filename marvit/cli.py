@@ -303,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
             # the config's own checks, then those that need the data or the device, before any work
             cfg = load_config(args.pop("config"), args.pop("overrides"))
             return _call(CONFIG_COMMANDS[cmd], cfg=cfg, **args)
+        if cmd == "demo" and args.pop("static"):  # standard, MAR and MAR + static dropping, in OUT/static
+            return _call("marvit.demo_static:main", **{**args, "out": os.path.join(args["out"], "static")})
         if cmd == "manifest":
             return _call(COMMANDS[cmd].format(action=args.pop("action")), **args)
         return _call(COMMANDS[cmd], **args)

@@ -101,11 +101,7 @@ def std_error(top1: float | None, n: int | None) -> float | None:
     return 100 * math.sqrt(p * (1 - p) / n)
 
 
-def main(out: str = "demo_out", quick: bool = False, static: bool = False, epochs: int | None = None) -> int:
-    if static:  # standard, MAR and MAR + static dropping on a static-background set, in OUT/static
-        from marvit.demo_static import main as static_main
-
-        return static_main(str(Path(out) / "static"), quick, epochs)
+def main(out: str = "demo_out", quick: bool = False, epochs: int | None = None) -> int:
     if epochs is not None:
         from marvit.errors import InputError
 

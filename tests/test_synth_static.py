@@ -15,8 +15,7 @@ from test_synth import CLASSES, FRAMES, SIZE, _nearest_mean_accuracy, _one_frame
 from marvit.errors import InputError
 from marvit.model.static import tubelet_motion
 from marvit.pipeline import synth
-from marvit.pipeline.synth import CLASS_NAMES, make_synthetic
-from marvit.pipeline.synth_objects import render_objects
+from marvit.pipeline.synth import CLASS_NAMES, make_synthetic, render_objects
 
 PER_CLASS = 6
 

@@ -14,7 +14,7 @@ Attention:
 `backend="auto"` picks as above; naming a backend forces it and raises BackendUnavailable where it
 cannot run, so tests and benchmarks know exactly what they measured. Triton's `@triton.jit` reads
 TRITON_INTERPRET when a kernel is defined, so whether the interpreter is on is a fact of the imported
-kernels (`patch_embed.INTERPRETED`), not of the environment at call time.
+kernels (`patch_embed.INTERPRETED`, recorded here by `record_kernels`), not of the environment at call time.
 """
 
 from __future__ import annotations
@@ -55,11 +55,22 @@ def xformers_version() -> str | None:
     return _version("xformers") if _version("xformers.ops") is not None else None
 
 
+# How the Triton kernels were built, recorded by the kernel module when it defines them (it imports this
+# module; this module imports no kernel; importing marvit.kernels, as importing this module does, records it).
+_kernels_interpreted: bool | None = None
+
+
+def record_kernels(interpreted: bool) -> None:
+    """Called once by each kernel module at import: whether its kernels were built for the interpreter."""
+    global _kernels_interpreted
+    _kernels_interpreted = interpreted
+
+
 def interpreter_enabled() -> bool:
     """True when the Triton kernels were built for the interpreter (TRITON_INTERPRET=1 at their import)."""
-    from marvit.kernels import patch_embed  # imports this module first; read at call time, no cycle
-
-    return patch_embed.INTERPRETED
+    if _kernels_interpreted is None:  # cannot happen: importing this module imports marvit.kernels first
+        raise RuntimeError("marvit.kernels.patch_embed has not recorded how its kernels were built")
+    return _kernels_interpreted
 
 
 def interpreter_requested() -> bool:

@@ -39,7 +39,6 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from marvit.errors import InputError
 from marvit.kernels import dispatch
 
 try:
@@ -97,21 +96,21 @@ def _check_args(
 ) -> tuple[Geometry, torch.Tensor | None]:
     """Validate shapes/dtypes (and index values where cheap); return the geometry and pos as (N, D)."""
     if not isinstance(video, torch.Tensor) or video.dim() != 5:
-        raise InputError(f"video: expected a (B, C, T, H, W) tensor, got {_shape(video)}")
+        raise ValueError(f"video: expected a (B, C, T, H, W) tensor, got {_shape(video)}")
     if not video.is_floating_point():
-        raise InputError(f"video: expected a floating dtype, got {video.dtype}")
+        raise ValueError(f"video: expected a floating dtype, got {video.dtype}")
     if not isinstance(weight, torch.Tensor) or weight.dim() != 5:
-        raise InputError(f"weight: expected a Conv3d weight (D, C, t, p, p), got {_shape(weight)}")
+        raise ValueError(f"weight: expected a Conv3d weight (D, C, t, p, p), got {_shape(weight)}")
     if weight.dtype != video.dtype:
-        raise InputError(f"weight: dtype {weight.dtype} does not match video dtype {video.dtype}")
+        raise ValueError(f"weight: dtype {weight.dtype} does not match video dtype {video.dtype}")
     B, C, T, H, W = video.shape
     D, Cw, tt, ph, pw = weight.shape
     if Cw != C:
-        raise InputError(
+        raise ValueError(
             f"weight: has {Cw} input channels but video has C={C} (video shape {tuple(video.shape)})"
         )
     if T % tt or H % ph or W % pw:
-        raise InputError(
+        raise ValueError(
             f"video: clip size (T, H, W)=({T}, {H}, {W}) is not divisible by the tubelet "
             f"(t, p, p)=({tt}, {ph}, {pw})"
         )
@@ -123,35 +122,35 @@ def _check_args(
         ("visible_idx", visible_idx),
     ):
         if t is not None and t.device != video.device:
-            raise InputError(f"{name}: on device {t.device} but video is on {video.device}")
+            raise ValueError(f"{name}: on device {t.device} but video is on {video.device}")
     if bias is not None and (bias.shape != (D,) or not bias.is_floating_point()):
-        raise InputError(f"bias: expected a floating ({D},) tensor, got {_shape(bias)} {bias.dtype}")
+        raise ValueError(f"bias: expected a floating ({D},) tensor, got {_shape(bias)} {bias.dtype}")
     if pos_embed is not None:
         if pos_embed.dim() == 3 and pos_embed.shape[0] == 1:
             pos_embed = pos_embed[0]  # accept the VideoMAE-style (1, N, D) buffer
         if pos_embed.shape != (N, D) or not pos_embed.is_floating_point():
-            raise InputError(
+            raise ValueError(
                 f"pos_embed: expected a floating (N, D)=({N}, {D}) tensor, got {_shape(pos_embed)}"
             )
     if visible_idx is not None:
         if visible_idx.dim() != 2 or visible_idx.dtype not in (torch.int64, torch.int32):
-            raise InputError(
+            raise ValueError(
                 f"visible_idx: expected a (B, N_vis) int64/int32 tensor, "
                 f"got {_shape(visible_idx)} {visible_idx.dtype}"
             )
         if visible_idx.shape[0] != B:
-            raise InputError(f"visible_idx: batch {visible_idx.shape[0]} does not match video batch B={B}")
+            raise ValueError(f"visible_idx: batch {visible_idx.shape[0]} does not match video batch B={B}")
         N_vis = visible_idx.shape[1]
         if N_vis > N:
-            raise InputError(f"visible_idx: {N_vis} indices per clip but the clip has only N={N} tokens")
+            raise ValueError(f"visible_idx: {N_vis} indices per clip but the clip has only N={N} tokens")
         if check_indices is None:
             check_indices = visible_idx.device.type == "cpu"  # on CUDA a value check would sync the host
         if check_indices and N_vis > 0:
             lo, hi = int(visible_idx.min()), int(visible_idx.max())
             if lo < 0 or hi >= N:
-                raise InputError(f"visible_idx: values must lie in [0, {N}), got min {lo} and max {hi}")
+                raise ValueError(f"visible_idx: values must lie in [0, {N}), got min {lo} and max {hi}")
             if N_vis > 1 and not bool((visible_idx[:, 1:] > visible_idx[:, :-1]).all()):
-                raise InputError("visible_idx: each row must be strictly increasing (sorted, no repeats)")
+                raise ValueError("visible_idx: each row must be strictly increasing (sorted, no repeats)")
     return Geometry.of(video.shape, weight.shape, visible_idx), pos_embed
 
 
@@ -420,6 +419,7 @@ KERNELS: dict[str, Any] = {
 }
 # Whether the kernels above were built for the Triton interpreter (TRITON_INTERPRET=1 at import).
 INTERPRETED: bool = triton is not None and isinstance(_fwd_kernel, InterpretedFunction)
+dispatch.record_kernels(INTERPRETED)
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). Every entry is compiled for sm_80 and sm_90 in
 # the tests; BLOCK_K = 64 keeps a 16-wide patch row (dx) contiguous within a load.
@@ -725,18 +725,18 @@ def _check_packed(
         or tokens.dim() != 1
         or tokens.dtype not in (torch.int64, torch.int32)
     ):
-        raise InputError(f"tokens: expected an (M,) int64/int32 tensor, got {_shape(tokens)}")
+        raise ValueError(f"tokens: expected an (M,) int64/int32 tensor, got {_shape(tokens)}")
     if (
         not isinstance(cu_seqlens, torch.Tensor)
         or cu_seqlens.dim() != 1
         or cu_seqlens.shape[0] != (B or 0) + 1
     ):
-        raise InputError(
+        raise ValueError(
             f"cu_seqlens: expected a (B + 1,) = ({(B or 0) + 1},) tensor, got {_shape(cu_seqlens)}"
         )
     g, pos = _check_args(video[:1], None, weight, bias, pos_embed, False)  # shapes, dtypes, devices
     if tokens.device != video.device or cu_seqlens.device != video.device:
-        raise InputError(
+        raise ValueError(
             f"tokens/cu_seqlens: on {tokens.device}/{cu_seqlens.device} but video is on {video.device}"
         )
     if check_indices is None:
@@ -744,19 +744,19 @@ def _check_packed(
     if check_indices:
         cu = cu_seqlens.tolist()
         if cu[0] != 0 or cu[-1] != tokens.shape[0] or any(a > b for a, b in zip(cu, cu[1:])):
-            raise InputError(
+            raise ValueError(
                 f"cu_seqlens: expected non-decreasing offsets from 0 to M={tokens.shape[0]}, got {cu}"
             )
         if tokens.numel():
             lo, hi = int(tokens.min()), int(tokens.max())
             if lo < 0 or hi >= g.N:
-                raise InputError(f"tokens: values must lie in [0, {g.N}), got min {lo} and max {hi}")
+                raise ValueError(f"tokens: values must lie in [0, {g.N}), got min {lo} and max {hi}")
             step = tokens[1:] > tokens[:-1]  # strictly increasing within each clip (may drop at a clip start)
             starts = torch.zeros_like(step)
             inner = torch.as_tensor(cu[1:-1], dtype=torch.long, device=tokens.device) - 1
             starts[inner[(inner >= 0) & (inner < step.numel())]] = True
             if not bool((step | starts).all()):
-                raise InputError(
+                raise ValueError(
                     "tokens: each clip's tokens must be strictly increasing (sorted, no repeats)"
                 )
     return dataclasses.replace(g, B=B), pos
