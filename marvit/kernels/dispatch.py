@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -55,13 +56,14 @@ def xformers_version() -> str | None:
     return _version("xformers") if _version("xformers.ops") is not None else None
 
 
-# How the Triton kernels were built, recorded by the kernel module when it defines them (it imports this
-# module; this module imports no kernel; importing marvit.kernels, as importing this module does, records it).
-_kernels_interpreted: bool | None = None
+# How the Triton kernels were built, as the kernel module reports it (it imports this module; this module
+# imports no kernel module). Registered when marvit.kernels is imported, as importing this module does.
+_kernels_interpreted: Callable[[], bool] | None = None
 
 
-def record_kernels(interpreted: bool) -> None:
-    """Called once by each kernel module at import: whether its kernels were built for the interpreter."""
+def record_kernels(interpreted: Callable[[], bool]) -> None:
+    """Called by the kernel module at import: a reader of whether its kernels were built for the interpreter
+    (read at call time, so the module's own record stays the one place it is stated)."""
     global _kernels_interpreted
     _kernels_interpreted = interpreted
 
@@ -70,7 +72,7 @@ def interpreter_enabled() -> bool:
     """True when the Triton kernels were built for the interpreter (TRITON_INTERPRET=1 at their import)."""
     if _kernels_interpreted is None:  # cannot happen: importing this module imports marvit.kernels first
         raise RuntimeError("marvit.kernels.patch_embed has not recorded how its kernels were built")
-    return _kernels_interpreted
+    return _kernels_interpreted()
 
 
 def interpreter_requested() -> bool:

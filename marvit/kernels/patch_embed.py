@@ -419,7 +419,7 @@ KERNELS: dict[str, Any] = {
 }
 # Whether the kernels above were built for the Triton interpreter (TRITON_INTERPRET=1 at import).
 INTERPRETED: bool = triton is not None and isinstance(_fwd_kernel, InterpretedFunction)
-dispatch.record_kernels(INTERPRETED)
+dispatch.record_kernels(lambda: INTERPRETED)  # read at call time: tests may patch INTERPRETED
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). Every entry is compiled for sm_80 and sm_90 in
 # the tests; BLOCK_K = 64 keeps a 16-wide patch row (dx) contiguous within a load.
