@@ -101,6 +101,25 @@ def std_error(top1: float | None, n: int | None) -> float | None:
     return 100 * math.sqrt(p * (1 - p) / n)
 
 
+def make_shards(out_dir: Path, cfg: Config, data: dict, progress: bool = True) -> dict:
+    """The synthetic set ``data`` rendered to ``OUT/data`` and converted to ``OUT/shards``; ``cfg`` reads it.
+    Returns the shards' manifest."""
+    from marvit.pipeline.convert import convert_split
+    from marvit.pipeline.manifest import load_manifest
+    from marvit.pipeline.synth import make_synthetic
+
+    make_synthetic(out_dir / "data", workers=THREADS, progress=progress, **data)
+    shards = out_dir / "shards"
+    for split in ("train", "val"):
+        # the synthetic videos are already H.264 at the right size: copy them (no second lossy encode)
+        convert_split(out_dir / "data", shards, "list", annotations=out_dir / "data" / f"{split}.csv", split=split,
+                      short_side=data["size"], copy=True, workers=THREADS, seed=data["seed"])  # fmt: skip
+    manifest = load_manifest(shards)
+    cfg.data.root = str(shards)
+    cfg.model.num_classes = len(manifest["classes"])
+    return manifest
+
+
 def main(out: str = "demo_out", quick: bool = False, epochs: int | None = None) -> int:
     if epochs is not None:
         from marvit.errors import InputError
@@ -118,9 +137,7 @@ def main(out: str = "demo_out", quick: bool = False, epochs: int | None = None) 
 
 def _main(out_dir: Path, quick: bool) -> int:
     from marvit.bench.flops import count_flops
-    from marvit.pipeline.convert import convert_split
-    from marvit.pipeline.manifest import atomic_write_bytes, atomic_write_json, load_manifest, writable_dir
-    from marvit.pipeline.synth import make_synthetic
+    from marvit.pipeline.manifest import atomic_write_bytes, atomic_write_json, writable_dir
     from marvit.train.checkpoint import latest_checkpoint
 
     writable_dir(out_dir, "--out")
@@ -137,15 +154,7 @@ def _main(out_dir: Path, quick: bool) -> int:
     # 1. data ------------------------------------------------------------------------------------
     t0 = time.perf_counter()
     print(f"[demo 1/5] synthetic data set ({data['style']}) -> {out_dir / 'data'}")
-    make_synthetic(out_dir / "data", workers=THREADS, **data)
-    shards = out_dir / "shards"
-    for split in ("train", "val"):
-        # the synthetic videos are already H.264 at the right size: copy them (no second lossy encode)
-        convert_split(out_dir / "data", shards, "list", annotations=out_dir / "data" / f"{split}.csv", split=split,
-                      short_side=data["size"], copy=True, workers=THREADS, seed=data["seed"])  # fmt: skip
-    manifest = load_manifest(shards)
-    cfg.data.root = str(shards)
-    cfg.model.num_classes = len(manifest["classes"])
+    manifest = make_shards(out_dir, cfg, data)
     timings["data_s"] = time.perf_counter() - t0
 
     # 2. VideoMAE pretraining --------------------------------------------------------------------

@@ -46,11 +46,9 @@ def _entry(res: dict, gflops: float, train_gflops: float, tokens: float) -> dict
 def run(out_dir: Path, quick: bool = False, epochs: int | None = None) -> dict:
     from marvit.bench.static import measured_flops
     from marvit.bench.tokens import measure
-    from marvit.demo import THREADS, _quick, _run_phase, _val_clips, demo_config
+    from marvit.demo import _quick, _run_phase, _val_clips, demo_config, make_shards
     from marvit.model import build_model
-    from marvit.pipeline.convert import convert_split
-    from marvit.pipeline.manifest import atomic_write_bytes, atomic_write_json, load_manifest, writable_dir
-    from marvit.pipeline.synth import make_synthetic
+    from marvit.pipeline.manifest import atomic_write_bytes, atomic_write_json, writable_dir
     from marvit.train.checkpoint import latest_checkpoint, load_checkpoint
     from marvit.train.scheme import resolve
 
@@ -66,14 +64,7 @@ def run(out_dir: Path, quick: bool = False, epochs: int | None = None) -> dict:
         cfg.train.epochs = epochs
     t_start = time.perf_counter()
     print(f"[demo --static 1/3] static-background data set -> {out_dir / 'data'}")
-    make_synthetic(out_dir / "data", workers=THREADS, progress=False, **data)
-    shards = out_dir / "shards"
-    for split in ("train", "val"):
-        convert_split(out_dir / "data", shards, "list", annotations=out_dir / "data" / f"{split}.csv", split=split,
-                      short_side=data["size"], copy=True, workers=THREADS, seed=data["seed"])  # fmt: skip
-    manifest = load_manifest(shards)
-    cfg.data.root = str(shards)
-    cfg.model.num_classes = len(manifest["classes"])
+    manifest = make_shards(out_dir, cfg, data, progress=False)
 
     runs = {}
     for i, phase in enumerate(PHASES):
