@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from _kernel_util import KERNEL_DEVICE, needs_kernels
+from _kernel_util import assert_close as _assert_close
 
 from marvit.kernels import (
     BackendUnavailable,
@@ -36,22 +38,7 @@ from marvit.kernels.patch_embed import (
     _grad_weight_triton,
 )
 
-# Where the kernels run in this process: CPU tensors through the interpreter, else CUDA tensors compiled.
-KERNEL_DEVICE = "cpu" if dispatch.interpreter_enabled() else "cuda" if torch.cuda.is_available() else None
-needs_kernels = pytest.mark.skipif(
-    KERNEL_DEVICE is None, reason="no CUDA device and the kernels were not built for the Triton interpreter"
-)
-
 TOL = {torch.float32: 2e-5, torch.float16: 4e-3, torch.float64: 1e-12, torch.bfloat16: 3e-2}
-
-
-def _assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> None:
-    """max |actual - expected| <= tol * max(1, max |expected|), computed in fp64."""
-    a, e = actual.double(), expected.double()
-    assert a.shape == e.shape, f"{what}: shape {tuple(a.shape)} != {tuple(e.shape)}"
-    scale = max(1.0, e.abs().max().item()) if e.numel() else 1.0
-    err = (a - e).abs().max().item() if e.numel() else 0.0
-    assert err <= tol * scale, f"{what}: max abs error {err:.3g} > {tol * scale:.3g}"
 
 
 def _random_idx(B: int, N: int, n_vis: int, gen: torch.Generator) -> torch.Tensor:

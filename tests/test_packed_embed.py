@@ -9,20 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _kernel_util import KERNEL_DEVICE, needs_kernels
+from _kernel_util import assert_close as _assert_close
 
-from marvit.kernels import dispatch, masked_patch_embed_reference
+from marvit.kernels import masked_patch_embed_reference
 from marvit.kernels.patch_embed import packed_patch_embed, packed_patch_embed_reference
-
-KERNEL_DEVICE = "cpu" if dispatch.interpreter_enabled() else "cuda" if torch.cuda.is_available() else None
-needs_kernels = pytest.mark.skipif(KERNEL_DEVICE is None, reason="no CUDA device and no Triton interpreter")
-
-
-def _assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float, what: str) -> None:
-    a, e = actual.double(), expected.double()
-    assert a.shape == e.shape, f"{what}: shape {tuple(a.shape)} != {tuple(e.shape)}"
-    scale = max(1.0, e.abs().max().item()) if e.numel() else 1.0
-    err = (a - e).abs().max().item() if e.numel() else 0.0
-    assert err <= tol * scale, f"{what}: max abs error {err:.3g} > {tol * scale:.3g}"
 
 
 def _ragged(lengths: list[int], N: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
